@@ -19,4 +19,4 @@ include: "workflow/rules/tables.smk"
 
 rule all:
     input:
-        all_tables(),
+        FINAL_TARGETS,

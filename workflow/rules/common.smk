@@ -19,6 +19,8 @@ validate(config, "../schemas/config.schema.yaml")
 MODELS = list(config["models"])
 VARIANTS = list(config["variants"])
 CAPTURE_CALIBRATION = config["capture"]["calibration"]
+# Every report rule file adds its final outputs here; `rule all` builds them all.
+FINAL_TARGETS = []
 
 
 wildcard_constraints:
@@ -75,8 +77,3 @@ def table_inputs(wildcards):
         f"results/eval/{m}/{v}.json" for m in spec["models"] for v in spec["variants"]
     ]
 
-
-def all_tables():
-    return [
-        f"results/{name}.{ext}" for name in config["tables"] for ext in ("csv", "tex")
-    ]

@@ -1,5 +1,9 @@
 # Tables rendered the way the paper prints them, as tidy CSV and booktabs LaTeX.
 
+FINAL_TARGETS.extend(
+    f"results/{name}.{ext}" for name in config["tables"] for ext in ("csv", "tex")
+)
+
 
 rule table:
     input:
