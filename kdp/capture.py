@@ -5,6 +5,11 @@ SparseGPT process a model): it keeps one layer's activations for all samples in 
 memory-mapped ``.npy`` file, and moves on. ``h_0`` is the input of layer 0 (the embeddings), ``h_i`` the output of
 layer ``i-1``; all are taken **before** the final norm, which is what block similarity and the KDP fit need.
 
+Weights are bounded too: for a base model stored as safetensors (embedded, hub and path sources alike),
+`open_layerwise` builds the model with empty (meta) decoder layers and `capture` materialises one layer's
+weights from the shards right before running it and drops them right after, so the capture holds the
+embeddings, one decoder layer and one layer's activations, never the whole model.
+
 The cache directory carries a manifest with the key it was built for (model, calibration set, max length, code
 version, storage dtype) and a SHA-256 per file; `HiddenStates.open` rejects a cache whose key differs and checks a
 file's hash the first time it is read, so a truncated or bit-flipped file is detected instead of used.
@@ -12,17 +17,18 @@ file's hash the first time it is read, so a truncated or bit-flipped file is det
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
-from kdp.adapters import ModelAdapter
+from kdp.adapters import LayerInputs, ModelAdapter
 from kdp.calibration import CalibrationSet
 from kdp.errors import UserError
 from kdp.io import atomic_path, read_json, sha256_file, write_json
@@ -39,6 +45,128 @@ def state_file(index: int) -> str:
     return f"h_{index:03d}.npy"
 
 
+class LayerSource(Protocol):
+    """Makes decoder layer ``index`` runnable before it is used and may release it afterwards."""
+
+    def materialise(self, index: int) -> None: ...
+
+    def release(self, index: int) -> None: ...
+
+
+class ResidentLayers:
+    """Every layer already sits in memory (a fully loaded model): nothing to load or free."""
+
+    def materialise(self, index: int) -> None:
+        pass
+
+    def release(self, index: int) -> None:
+        pass
+
+
+class StreamedLayers:
+    """Decoder layers kept on the meta device and filled from safetensors shards one at a time."""
+
+    def __init__(self, adapter: ModelAdapter, located: dict[str, tuple[str, Path]], layers_prefix: str,
+                 device: torch.device, dtype: torch.dtype):
+        self.adapter, self.located, self.layers_prefix = adapter, located, layers_prefix
+        self.device, self.dtype = device, dtype
+
+    def materialise(self, index: int) -> None:
+        wanted = f"{self.layers_prefix}.{index}."
+        state = _read_state({n: at for n, at in self.located.items() if n.startswith(wanted)}, self.device, self.dtype)
+        self.adapter.layers[index].load_state_dict({n[len(wanted):]: t for n, t in state.items()}, strict=True,
+                                                   assign=True)
+
+    def release(self, index: int) -> None:
+        self.adapter.layers[index].to("meta")
+
+
+def open_layerwise(weights_dir: Path, dtype: torch.dtype, device: torch.device) -> tuple[ModelAdapter, LayerSource]:
+    """A model whose decoder layers are empty until `StreamedLayers` fills them; embeddings are loaded.
+
+    Falls back to a full load (`ResidentLayers`) when the weights are not in safetensors form (old ``.bin``
+    checkpoints), since only safetensors can be read one tensor at a time without unpickling everything.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from kdp.adapters import adapter_for
+
+    shards = safetensors_index(Path(weights_dir))
+    if shards is None:
+        model = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=dtype, trust_remote_code=True).to(device)
+        return adapter_for(model.eval()), ResidentLayers()
+    config = AutoConfig.from_pretrained(weights_dir, trust_remote_code=True)
+    # Buffers stay real: rotary inverse frequencies are computed at construction and are not in the checkpoint.
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=True, dtype=dtype)
+    adapter = adapter_for(model.eval())
+    layers_prefix = _module_name(model, adapter.layers)
+    located = _locate(model, shards)
+    outside = {n: at for n, at in located.items() if not n.startswith(layers_prefix + ".")}
+    model.load_state_dict(_read_state(outside, device, dtype), strict=False, assign=True)
+    _buffers_to(model, device)
+    return adapter, StreamedLayers(adapter, located, layers_prefix, device, dtype)
+
+
+def safetensors_index(weights_dir: Path) -> dict[str, Path] | None:
+    """checkpoint key -> shard file, or None when the directory holds no safetensors weights."""
+    index = weights_dir / "model.safetensors.index.json"
+    if index.is_file():
+        return {k: weights_dir / f for k, f in json.loads(index.read_text())["weight_map"].items()}
+    single = weights_dir / "model.safetensors"
+    if not single.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(single), framework="pt") as handle:
+        return {k: single for k in handle.keys()}
+
+
+def _read_state(wanted: dict[str, tuple[str, Path]], device: torch.device, dtype: torch.dtype) -> dict:
+    """model name -> tensor for the wanted entries, read shard by shard."""
+    from safetensors import safe_open
+
+    state = {}
+    # One open per shard and layer: the mapping is dropped on exit, so read pages do not pile up in RSS.
+    for shard in sorted({shard for _, shard in wanted.values()}):
+        with safe_open(str(shard), framework="pt", device=str(device)) as handle:
+            for name, (key, at) in wanted.items():
+                if at == shard:
+                    state[name] = _cast(handle.get_tensor(key), dtype)
+    return state
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+
+def _module_name(model: torch.nn.Module, target: torch.nn.Module) -> str:
+    return next(name for name, module in model.named_modules() if module is target)
+
+
+def _locate(model: torch.nn.Module, shards: dict[str, Path]) -> dict[str, tuple[str, Path]]:
+    """model parameter name -> (checkpoint key, shard); base-model checkpoints (no ``model.`` prefix) included."""
+    names = set(model.state_dict())
+    base = f"{model.base_model_prefix}."
+    located = {}
+    for key, shard in shards.items():
+        name = key if key in names else base + key
+        if name in names:
+            located[name] = (key, shard)
+    if not located:
+        raise UserError(f"checkpoint keys (e.g. {next(iter(shards))!r}) do not match the model's parameter names "
+                        f"(e.g. {next(iter(names))!r}); allowed: a checkpoint written by save_pretrained")
+    return located
+
+
+def _buffers_to(model: torch.nn.Module, device: torch.device) -> None:
+    for module in model.modules():
+        for name, buffer in module._buffers.items():
+            if buffer is not None and not buffer.is_meta:
+                module._buffers[name] = buffer.to(device)
+
+
 @torch.no_grad()
 def capture(
     adapter: ModelAdapter,
@@ -47,18 +175,27 @@ def capture(
     key: dict[str, Any],
     store_dtype: str = "float16",
     batch_size: int = 8,
+    layers: LayerSource | None = None,
+    device: torch.device | None = None,
 ) -> None:
-    """Write h_0..h_L for every calibration sample into ``out_dir`` (atomically, as one directory)."""
+    """Write h_0..h_L for every calibration sample into ``out_dir`` (atomically, as one directory).
+
+    ``layers`` makes each decoder layer runnable just before it is used (`StreamedLayers` for bounded memory);
+    the default assumes a fully loaded model.
+    """
     if store_dtype not in STORE_DTYPES:
         raise UserError(f"capture.dtype {store_dtype!r} is not allowed; allowed: {', '.join(STORE_DTYPES)}")
-    device = next(adapter.model.parameters()).device
+    layers = layers or ResidentLayers()
+    device = device or adapter.token_embedding.weight.device
     n, length = calibration.input_ids.shape
     shape = (n, length, adapter.hidden_size)
     with atomic_path(out_dir, directory=True) as tmp:
         batches, current = _embed(adapter, calibration, batch_size, device)
         _store(tmp / state_file(0), current, shape, store_dtype)
         for index in tqdm(range(adapter.num_layers), desc="capture layers", unit="layer"):
-            current = _advance(adapter, index, current, batches, device)
+            layers.materialise(index)
+            _advance(adapter, index, current, batches, device)
+            layers.release(index)
             _store(tmp / state_file(index + 1), current, shape, store_dtype)
         np.save(tmp / "mask.npy", calibration.attention_mask.numpy().astype(bool))
         files = [state_file(i) for i in range(adapter.num_layers + 1)] + ["mask.npy"]
@@ -75,18 +212,18 @@ def capture(
 
 def _embed(adapter, calibration, batch_size, device):
     batches, hidden = [], []
-    for ids, mask in calibration.batches(batch_size):
-        inputs = adapter.layer_inputs(ids.to(device), mask.to(device))
+    for ids, mask in tqdm(list(calibration.batches(batch_size)), desc="capture embeddings", unit="batch"):
+        inputs = adapter.layer_inputs(ids.to(device), mask.to(device)).to("cpu")
         batches.append(inputs.layer_kwargs)
-        hidden.append(inputs.hidden_states.cpu())
+        hidden.append(inputs.hidden_states)
     return batches, hidden
 
 
 def _advance(adapter, index, current, batches, device):
-    return [
-        adapter.run_layers(h.to(device), kwargs, index, index + 1).cpu()
-        for h, kwargs in zip(current, batches, strict=True)
-    ]
+    """Replace each batch's states by the layer's output in place: one layer's activations live at a time."""
+    for position, kwargs in enumerate(batches):
+        moved = LayerInputs(current[position], kwargs).to(device)
+        current[position] = adapter.run_layers(moved.hidden_states, moved.layer_kwargs, index, index + 1).cpu()
 
 
 def _store(path: Path, chunks: list[torch.Tensor], shape: tuple[int, int, int], store_dtype: str) -> None:

@@ -160,6 +160,19 @@ def load_variant(variant_dir: Path, dtype: str = "float32", device: str = "auto"
     return _load(str(variant_dir), str(variant_dir), dtype, device, where=str(variant_dir))
 
 
+def weights_directory(base_dir: Path) -> Path:
+    """The local directory holding a base model's config and weight files (a hub id resolves to its snapshot)."""
+    manifest = read_json(Path(base_dir) / MANIFEST)
+    location = _location(base_dir, manifest["weights"])
+    if Path(location).is_dir():
+        return Path(location)
+    from huggingface_hub import snapshot_download
+
+    # Only what a layer-by-layer load reads: configs, custom code, safetensors shards (no .bin duplicates).
+    return Path(snapshot_download(location, revision=manifest["details"].get("revision"),
+                                  allow_patterns=["*.json", "*.py", "*.safetensors"]))
+
+
 def _location(anchor: Path, ref: str) -> str:
     candidate = Path(anchor) / ref
     return str(candidate.resolve()) if candidate.exists() else ref

@@ -115,15 +115,19 @@ def cache_key(config: dict, model: str, calibration_name: str, calibration_path:
 def capture_hidden_states(config: dict, model: str, calibration_name: str, base_dir: str,
                           calibration_path: str, out_dir: str) -> None:
     from kdp.calibration import CalibrationSet
-    from kdp.capture import capture
+    from kdp.capture import capture, open_layerwise
 
-    network, _ = _load_base(config, base_dir)
+    device = models.resolve_device()
+    # One decoder layer's weights in memory at a time, read from the base model's safetensors shards.
+    adapter, layers = open_layerwise(models.weights_directory(Path(base_dir)),
+                                     models.resolve_dtype(config["runtime"]["dtype"], device), device)
     calib = CalibrationSet.load(Path(calibration_path))
     key = cache_key(config, model, calibration_name, calibration_path)
     started = time.perf_counter()
-    capture(adapter_for(network), calib, Path(out_dir), key, config["capture"]["dtype"], config["capture"]["batch_size"])
-    log.info("captured %d states of %d samples in %.1fs", adapter_for(network).num_layers + 1, calib.num_samples,
-             time.perf_counter() - started)
+    capture(adapter, calib, Path(out_dir), key, config["capture"]["dtype"], config["capture"]["batch_size"],
+            layers=layers, device=device)
+    log.info("captured %d states of %d samples in %.1fs (%s)", adapter.num_layers + 1, calib.num_samples,
+             time.perf_counter() - started, type(layers).__name__)
 
 
 def open_hidden(config: dict, model: str, calibration_name: str, calibration_path: str, hidden_dir: str):
