@@ -54,7 +54,9 @@ class FoldedBlock(nn.Module):
                 "fold transition shape", tuple(transition.shape), f"({kernel.feature_dim}, {kernel.feature_dim})"
             )
         self.kernel = kernel
-        self.register_buffer("transition", transition.detach().clone())
+        # A frozen parameter rather than a buffer: it is part of the model's size (Appendix I counts (2m)^2), so
+        # every parameter count, and with it the reported pruning ratio, has to see it.
+        self.transition = nn.Parameter(transition.detach().clone(), requires_grad=False)
         self.inverse = inverse
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -106,8 +108,9 @@ class LinearFold(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
         super().__init__()
-        self.register_buffer("weight", weight.detach().clone())
-        self.register_buffer("bias", bias.detach().clone())
+        # Frozen parameters, not buffers, so that model parameter counts (the pruning ratio) include the fold.
+        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         x = hidden_states.to(self.weight.dtype)
