@@ -15,6 +15,7 @@ include: "workflow/rules/calibration.smk"
 include: "workflow/rules/prune.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/kdp_figures.smk"
 
 
 rule all:

@@ -1,0 +1,179 @@
+"""Figures 3, 4 and 5 of the paper, drawn from the per-block KDP fit records (results/kdp/{model}/{variant}/block_*/).
+
+* Figure 3 (training dynamics): Step 1 loss (train and held-out), Step 1 held-out k-step cosine between the
+  predicted (A_k ... A_1) phi(h_l) and the true phi(h_{l+k}), and the Step 2 loss (train, held-out MSE).
+* Figure 4 (kernel-space representations): for one held-out sample, token rows 0, 25 and 50 of the predicted and
+  the true phi(h_{l+k}), each reshaped to a near-square grid (32 x 32 for 2m = 1024), and their difference; the
+  first two panels of a row share one colour range, as in the paper.
+* Figure 5 (the quantities of Theorem 1): ||A_i||_op per step over Step 1 epochs (lines; B_A is their maximum) and
+  R_phi, the norm of the mean-subtracted features phi(h) - mean, as a band from its mean to its maximum over
+  held-out tokens (the paper's shaded region "calculated from mean-subtracted samples").
+
+Every curve is one block; all come from ``record.json`` (``step1.epochs``, ``step2.epochs``) and
+``kernel_space_sample.npz`` that `kdp.methods.kdp.KDP.fit_block` writes. Output is PNG and PDF, rendered with the
+Agg backend and written without timestamps, so a rerun from the same records gives identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kdp.errors import UserError  # noqa: E402
+from kdp.io import atomic_path, read_json  # noqa: E402
+
+FIGURE4_ROWS = (0, 25, 50)  # the token rows the paper shows
+FORMATS = ("png", "pdf")
+RECORD = "record.json"
+KERNEL_SAMPLE = "kernel_space_sample.npz"
+
+
+def load_fits(fit_dirs: list[str | Path]) -> list[tuple[str, dict]]:
+    """(block label, record) for every KDP fit directory, in block order; a non-kernel fit is a user error."""
+    fits = []
+    for directory in sorted(Path(d) for d in fit_dirs):
+        record = read_json(directory / RECORD)
+        if "step1" not in record:
+            raise UserError(f"{directory / RECORD}: fold {record.get('fold')!r} has no KDP training curves; "
+                            "allowed: a variant with fold: kernel")
+        first, last = record["block"]
+        fits.append((f"layers {first}-{last}", record))
+    if not fits:
+        raise UserError("kdp figures: no block fits were given; allowed: at least one results/kdp/.../block_* dir")
+    return fits
+
+
+def save_figure(figure, outputs: dict[str, str | Path], provenance: dict[str, Any] | None = None) -> None:
+    """Write ``figure`` to every path of ``outputs`` ({"png": path, "pdf": path}) atomically, without dates."""
+    text = json.dumps(provenance or {}, sort_keys=True)
+    metadata = {
+        "png": {"Software": None, "Description": text},
+        "pdf": {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None, "Subject": text},
+    }
+    for fmt, path in outputs.items():
+        if fmt not in metadata:
+            raise UserError(f"figure output format {fmt!r} ({path}); allowed: {', '.join(FORMATS)}")
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format=fmt, dpi=150, metadata=metadata[fmt], bbox_inches="tight")
+    plt.close(figure)
+
+
+def figure3(fits: list[tuple[str, dict]], title: str = ""):
+    """Step 1 loss, Step 1 k-step cosine, Step 2 loss, one colour per block."""
+    figure, (loss, cosine, inverse) = plt.subplots(1, 3, figsize=(13, 3.6))
+    for index, (label, record) in enumerate(fits):
+        color = f"C{index}"
+        step1 = record["step1"]["epochs"]
+        epochs = [e["epoch"] for e in step1]
+        trained = [e for e in step1 if "train_loss" in e]
+        loss.plot([e["epoch"] for e in trained], [e["train_loss"] for e in trained], color=color, ls="--",
+                  label=f"{label} train")
+        loss.plot(epochs, [e["loss"] for e in step1], color=color, label=f"{label} held-out")
+        best = record["step1"]["best_epoch"]
+        loss.plot([best], [step1[best]["loss"]], "o", color=color, ms=4)
+        cosine.plot(epochs, [e["kstep_cosine"] for e in step1], color=color, label=label)
+        step2 = record["step2"]["epochs"]
+        trained2 = [e for e in step2 if "train_loss" in e]
+        inverse.plot([e["epoch"] for e in trained2], [e["train_loss"] for e in trained2], color=color, ls="--",
+                     label=f"{label} train (MSE + L_norm)")
+        inverse.plot([e["epoch"] for e in step2], [e["mse"] for e in step2], color=color,
+                     label=f"{label} held-out MSE")
+    loss.set(title="(a) Step 1 loss (Eq. 5)", xlabel="epoch", ylabel="loss", yscale="log")
+    cosine.set(title="(b) Step 1 held-out k-step cosine", xlabel="epoch", ylabel="cos(P phi(h_l), phi(h_l+k))")
+    inverse.set(title="(c) Step 2 loss (Eq. 6)", xlabel="epoch", ylabel="loss", yscale="log")
+    for axis in (loss, cosine, inverse):
+        axis.legend(fontsize=6)
+        axis.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def grid_shape(size: int) -> tuple[int, int]:
+    """The most square (rows, cols) with rows * cols == size: 32 x 32 for the paper's 1024 features."""
+    rows = int(math.isqrt(size))
+    while size % rows:
+        rows -= 1
+    return rows, size // rows
+
+
+def figure4(predicted: np.ndarray, truth: np.ndarray, title: str = "", rows: tuple[int, ...] = FIGURE4_ROWS):
+    """Predicted, true and difference heatmaps of the chosen token rows of one sample's kernel-space features."""
+    if predicted.shape != truth.shape or predicted.ndim != 2:
+        raise UserError(f"figure 4: predicted {predicted.shape} and true {truth.shape} features; allowed: equal "
+                        "(tokens, 2m) arrays")
+    available = [row for row in rows if row < truth.shape[0]] or [truth.shape[0] - 1]
+    shape = grid_shape(truth.shape[1])
+    figure, axes = plt.subplots(len(available), 3, figsize=(9.5, 3.0 * len(available)), squeeze=False)
+    for axes_row, token in zip(axes, available):
+        pred, true = predicted[token].reshape(shape), truth[token].reshape(shape)
+        low, high = min(pred.min(), true.min()), max(pred.max(), true.max())
+        for axis, values, name, extra in (
+            (axes_row[0], pred, "predicted", {"vmin": low, "vmax": high}),
+            (axes_row[1], true, "ground truth", {"vmin": low, "vmax": high}),
+            (axes_row[2], pred - true, "difference", {"cmap": "coolwarm"}),
+        ):
+            image = axis.imshow(values, aspect="auto", interpolation="nearest", **extra)
+            axis.set_title(f"token {token}: {name}", fontsize=8)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            figure.colorbar(image, ax=axis, fraction=0.046)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def figure5(fits: list[tuple[str, dict]], title: str = ""):
+    """||A_i||_op per step over Step 1 (lines) and the mean..max band of ||phi(h) - mean|| (R_phi), per block."""
+    figure, axes = plt.subplots(1, len(fits), figsize=(4.2 * len(fits), 3.4), squeeze=False)
+    for axis, (label, record) in zip(axes[0], fits):
+        step1 = record["step1"]["epochs"]
+        epochs = [e["epoch"] for e in step1]
+        norms = np.array([e["operator_norms"] for e in step1])
+        for step in range(norms.shape[1]):
+            axis.plot(epochs, norms[:, step], label=f"||A_{step + 1}||_op")
+        axis.plot(epochs, norms.max(1), color="k", lw=0.8, ls=":", label="B_A = max_i ||A_i||_op")
+        axis.fill_between(epochs, [e["phi_centered_norm_mean"] for e in step1],
+                          [e["phi_centered_norm_max"] for e in step1], color="C7", alpha=0.35,
+                          label="||phi(h) - mean||: mean..max (R_phi)")
+        axis.set(title=label, xlabel="Step 1 epoch", ylabel="norm")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=6)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def render_kdp_figures(fit_dirs: list[str | Path], outputs: dict[str, str | Path], label: str = "",
+                       provenance: dict[str, Any] | None = None) -> None:
+    """All three figures. ``outputs`` maps "figure{3,4,5}_{png,pdf}" to paths; Figure 4 uses the first block."""
+    fits = load_fits(fit_dirs)
+    first_dir = sorted(Path(d) for d in fit_dirs)[0]
+    sample = np.load(first_dir / KERNEL_SAMPLE)
+    first_block = fits[0][0]
+    figures = {
+        "figure3": lambda: figure3(fits, f"{label}: KDP training".strip(": ")),
+        "figure4": lambda: figure4(sample["predicted"], sample["truth"],
+                                   f"{label}, {first_block}: kernel space, one held-out sample".strip(", ")),
+        "figure5": lambda: figure5(fits, f"{label}: Theorem 1 quantities during Step 1".strip(": ")),
+    }
+    for name, draw in figures.items():
+        paths = {fmt: outputs[f"{name}_{fmt}"] for fmt in FORMATS}
+        save_figure(draw(), paths, provenance)
+
+
+def kdp_figures_step(config: dict, model: str, variant: str, fit_dirs: list[str], outputs: dict[str, str]) -> None:
+    """The workflow step: label from the config, provenance into the files' metadata."""
+    from kdp.provenance import provenance
+
+    label = config["models"][model].get("label", model)
+    render_kdp_figures(fit_dirs, outputs, label, provenance(config, config["seed"], model=model, variant=variant))
