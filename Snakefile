@@ -14,6 +14,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/calibration.smk"
 include: "workflow/rules/prune.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/speed.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/kdp_figures.smk"
 

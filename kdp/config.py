@@ -136,6 +136,20 @@ def _check_semantics(config: dict[str, Any]) -> None:
             if variant not in config["variants"]:
                 raise UserError(f"config key tables.{table}.variants: {variant!r} is not a configured variant; "
                                 f"allowed: {', '.join(config['variants'])}")
+        _check_table_extras(config, table, spec)
+
+
+def _check_table_extras(config: dict[str, Any], table: str, spec: dict[str, Any]) -> None:
+    extra = sorted(set(spec.get("benchmarks", [])) - set(config["evaluation"]["benchmarks"]))
+    if extra:
+        raise UserError(f"config key tables.{table}.benchmarks: {extra[0]!r} is not in evaluation.benchmarks; "
+                        f"allowed: {', '.join(config['evaluation']['benchmarks'])}")
+    if "reference" in spec and spec["reference"] not in spec["variants"]:
+        raise UserError(f"config key tables.{table}.reference: {spec['reference']!r} is not a row of the table; "
+                        f"allowed: {', '.join(spec['variants'])}")
+    if spec["kind"] == "block_cost" and config["variants"][spec["variants"][0]]["method"] != "kdp":
+        raise UserError(f"config key tables.{table}.variants: {spec['variants'][0]!r} is not a KDP variant; allowed: "
+                        + ", ".join(v for v, e in config["variants"].items() if e["method"] == "kdp"))
 
 
 def variant_label(config: dict[str, Any], variant: str) -> str:

@@ -6,7 +6,10 @@ Definitions (paper Table 1 caption and Table 2, recomputed from its own numbers 
   RP(PPL)  = sum of dense perplexities / sum of the variant's perplexities x 100 (ratio of sums, the only reading
              that reproduces the paper's Table 2 row values);
   RP(Rouge)= sum of the variant's ROUGE / sum of dense ROUGE x 100;
-  Ratio    = 1 - parameters(variant) / parameters(dense), all parameters, a tied head counted once.
+  Ratio    = 1 - parameters(variant) / parameters(dense), all parameters, a tied head counted once;
+  RP on X  = Avg / Avg(variant X) x 100, for a table with ``reference: X`` (Table 11's "RP. on std.").
+Kinds ``ablation`` (Tables 3, 9) and ``kmax`` (Table 4) print the scores only, on the table's ``benchmarks`` (any
+score kind); ``kmax`` adds each row's pruned layers (dense-model indices) from its variant record.
 CSV files start with ``#`` provenance lines (read them with ``pandas.read_csv(path, comment="#")``) and contain no
 timestamps, so the same config and seed give byte-identical files.
 """
@@ -20,18 +23,26 @@ from typing import Any
 from kdp.config import model_label, variant_label
 from kdp.provenance import provenance
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2
 DENSE_METHOD = "dense"
 
 FORMULAS = {
     "classification": "Avg = mean of accuracies; RP = Avg / Avg(dense) * 100; Ratio = 1 - params/params(dense)",
     "generation": "RP(PPL) = sum(dense PPL) / sum(variant PPL) * 100; RP(Rouge) = sum(variant) / sum(dense) * 100",
+    "ablation": "scores as measured (accuracy in percent, perplexity, ROUGE); no summary",
+    "kmax": "scores as measured; Pruned Layers = dense-model indices of the layers the variant replaced",
 }
+SCORE_ONLY_KINDS = ("ablation", "kmax")
 
 
-def render_results_table(config: dict, name: str, evals: Sequence[dict]) -> tuple[str, str]:
+def render_results_table(config: dict, name: str, evals: Sequence[dict],
+                         records: dict[tuple[str, str], dict] | None = None) -> tuple[str, str]:
+    """``records`` (model, variant) -> kdp_variant.json, needed by kind ``kmax`` for the pruned layers."""
     spec = config["tables"][name]
     rows = _tidy_rows(config, spec, evals)
+    if spec["kind"] == "kmax":
+        for row in rows:
+            row["pruned_layers"] = pruned_layers(records[(row["model"], row["variant"])])
     summary = _summaries(config, spec, rows)
     header = _header(config, name, spec)
     return header + _csv(rows, summary), _latex(config, name, spec, rows, summary)
@@ -46,10 +57,10 @@ def _tidy_rows(config: dict, spec: dict, evals: Sequence[dict]) -> list[dict[str
             result = index.get((model, variant))
             if result is None:
                 raise KeyError(f"no evaluation of {model}/{variant} was given to table {spec}")
-            for benchmark in config["evaluation"]["benchmarks"]:
+            for benchmark in spec.get("benchmarks") or config["evaluation"]["benchmarks"]:
                 score = result["scores"].get(benchmark)
-                if score is None or score["table"] != kind:  # ablation rows may be evaluated on a subset
-                    continue
+                if score is None or not (kind in SCORE_ONLY_KINDS or score["table"] == kind):
+                    continue  # ablation rows may be evaluated on a subset
                 rows.append({
                     "model": model, "variant": variant, "label": variant_label(config, variant),
                     "ratio": result["ratio"], "benchmark": benchmark, "column": score["column"],
@@ -57,6 +68,13 @@ def _tidy_rows(config: dict, spec: dict, evals: Sequence[dict]) -> list[dict[str
                     "chance": score.get("chance"), "n": score.get("n"),
                 })
     return rows
+
+
+def pruned_layers(record: dict) -> str:
+    """Dense-model indices a variant removed or folded, e.g. ``[6,7,8]``."""
+    layers = sorted({i for first, last in record.get("blocks", []) for i in range(first, last + 1)}
+                    | set(record.get("layers_removed", [])))
+    return "[" + ",".join(map(str, layers)) + "]"
 
 
 def _summaries(config: dict, spec: dict, rows: list[dict]) -> dict[tuple[str, str], dict[str, float]]:
@@ -68,6 +86,10 @@ def _summaries(config: dict, spec: dict, rows: list[dict]) -> dict[tuple[str, st
     for (model, variant), cells in by_row.items():
         reference = by_row.get((model, dense[model])) if dense[model] else None
         summary[(model, variant)] = _summary(spec["kind"], cells, reference)
+        if spec.get("reference") and spec["kind"] == "classification" and (model, spec["reference"]) in by_row:
+            mine = summary[(model, variant)]["Avg"]
+            theirs = _summary("classification", by_row[(model, spec["reference"])], None)["Avg"]
+            summary[(model, variant)][f"RP on {variant_label(config, spec['reference'])}"] = 100.0 * mine / theirs
     return summary
 
 
@@ -76,6 +98,8 @@ def _dense_variant(config: dict, spec: dict, model: str) -> str | None:
 
 
 def _summary(kind: str, cells: list[dict], reference: list[dict] | None) -> dict[str, float]:
+    if kind in SCORE_ONLY_KINDS:
+        return {}
     if kind == "classification":
         accuracies = [c["value"] for c in cells if c["kind"] == "accuracy"]
         avg = sum(accuracies) / len(accuracies)
@@ -101,18 +125,20 @@ def _header(config: dict, name: str, spec: dict) -> str:
 
 def _csv(rows: list[dict], summary: dict) -> str:
     fields = ["model", "variant", "label", "ratio", "benchmark", "column", "kind", "value", "stderr", "chance", "n"]
+    if rows and "pruned_layers" in rows[0]:
+        fields.insert(4, "pruned_layers")
     lines = [",".join(fields)]
     for row in rows:
-        lines.append(",".join(_cell(row[f]) for f in fields))
+        lines.append(",".join(cell(row[f]) for f in fields))
     for (model, variant), values in summary.items():
         label = next(r["label"] for r in rows if r["model"] == model and r["variant"] == variant)
         ratio = next(r["ratio"] for r in rows if r["model"] == model and r["variant"] == variant)
         for key, value in values.items():
-            lines.append(",".join(_cell(v) for v in (model, variant, label, ratio, key, key, "summary", value, None, None, None)))
+            lines.append(",".join(cell(v) for v in (model, variant, label, ratio, key, key, "summary", value, None, None, None)))
     return "\n".join(lines) + "\n"
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
@@ -133,7 +159,8 @@ def _latex(config: dict, name: str, spec: dict, rows: list[dict], summary: dict)
     chance = {r["column"]: r["chance"] for r in rows}
     counts = {r["column"]: r["n"] for r in rows}
     summary_keys = list(dict.fromkeys(k for values in summary.values() for k in values))
-    head = ["LLM", "Method", "Ratio", *columns, *summary_keys]
+    layers = bool(rows) and "pruned_layers" in rows[0]
+    head = ["LLM", "Method", "Ratio", *(["Pruned Layers"] if layers else []), *columns, *summary_keys]
     align = "ll" + "r" * (len(head) - 2)
     lines = [
         f"% {name}: generated by kdp-bench (table version {TABLE_VERSION}); do not edit.",
@@ -157,14 +184,13 @@ def _latex(config: dict, name: str, spec: dict, rows: list[dict], summary: dict)
             if not cells:
                 continue
             first = next(iter(cells.values()))
-            values = [f"{100 * first['ratio']:.1f}\\%"]
-            values += [_fmt(cells[c]["value"]) if c in cells else "-" for c in columns]
-            values += [_fmt(summary[(model, variant)].get(k)) if summary[(model, variant)].get(k) is not None else "-"
-                       for k in summary_keys]
+            values = [f"{100 * first['ratio']:.1f}\\%", *([first["pruned_layers"]] if layers else [])]
+            values += [fmt(cells[c]["value"]) if c in cells else "-" for c in columns]
+            values += [fmt(summary[(model, variant)].get(k)) for k in summary_keys]
             lines.append(" & ".join([latex_escape(model_label(config, model)), latex_escape(first["label"]), *values])
                          + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    note = "; ".join(f"{latex_escape(c)}: chance {_fmt(chance[c])}, {counts[c]} items"
+    note = "; ".join(f"{latex_escape(c)}: chance {fmt(chance[c])}, {counts[c]} items"
                      for c in columns if chance.get(c) is not None)
     if note:
         lines.append(f"\\par\\smallskip\\footnotesize {note}")
@@ -172,7 +198,7 @@ def _latex(config: dict, name: str, spec: dict, rows: list[dict], summary: dict)
     return "\n".join(lines) + "\n"
 
 
-def _fmt(value: float | None) -> str:
+def fmt(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.2f}" if abs(value) < 1000 else f"{value:.0f}"

@@ -1,4 +1,6 @@
-from kdp.steps import run, table
+from kdp.steps import run
+from kdp.table_kinds import table
 
 run(table, snakemake.log[0], snakemake.threads, config=snakemake.config, name=snakemake.wildcards.table,
-    eval_files=list(snakemake.input), out_csv=snakemake.output.csv, out_tex=snakemake.output.tex)
+    files={role: list(paths) for role, paths in snakemake.input.items()}, out_csv=snakemake.output.csv,
+    out_tex=snakemake.output.tex)

@@ -1,0 +1,23 @@
+# Measured speed-up (Table 10): each job loads the dense base and one variant and times them alternately on the
+# same input, so both ratios come from one machine state. Analytic FLOPs of both are recorded beside them.
+
+
+rule speed:
+    input:
+        base="results/models/{model}/base",
+        variant="results/models/{model}/{variant}",
+    output:
+        "results/speed/{model}/{variant}.json",
+    log:
+        "logs/speed/{model}/{variant}.log",
+    benchmark:
+        "benchmarks/speed/{model}/{variant}.tsv"
+    conda:
+        "../../environment.yml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=64000,
+        runtime=30,
+    script:
+        "../scripts/speed.py"
