@@ -52,6 +52,9 @@ class LayerSource(Protocol):
 
     def release(self, index: int) -> None: ...
 
+    def embedded(self) -> None:
+        """Every layer input is computed: the embeddings are no longer needed."""
+
 
 class ResidentLayers:
     """Every layer already sits in memory (a fully loaded model): nothing to load or free."""
@@ -60,6 +63,9 @@ class ResidentLayers:
         pass
 
     def release(self, index: int) -> None:
+        pass
+
+    def embedded(self) -> None:
         pass
 
 
@@ -79,6 +85,11 @@ class StreamedLayers:
 
     def release(self, index: int) -> None:
         self.adapter.layers[index].to("meta")
+
+    def embedded(self) -> None:
+        for module in self.adapter.model.modules():
+            for name, param in module.named_parameters(recurse=False):
+                module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=False)
 
 
 def open_layerwise(weights_dir: Path, dtype: torch.dtype, device: torch.device) -> tuple[ModelAdapter, LayerSource]:
@@ -103,7 +114,9 @@ def open_layerwise(weights_dir: Path, dtype: torch.dtype, device: torch.device) 
     adapter = adapter_for(model.eval())
     layers_prefix = _module_name(model, adapter.layers)
     located = _locate(model, shards)
-    outside = {n: at for n, at in located.items() if not n.startswith(layers_prefix + ".")}
+    # The output head is never run by a capture (states are taken before the final norm): leave it empty.
+    skipped = (layers_prefix + ".", _module_name(model, model.get_output_embeddings()) + ".")
+    outside = {n: at for n, at in located.items() if not n.startswith(skipped)}
     model.load_state_dict(_read_state(outside, device, dtype), strict=False, assign=True)
     _buffers_to(model, device)
     return adapter, StreamedLayers(adapter, located, layers_prefix, device, dtype)
@@ -117,28 +130,50 @@ def safetensors_index(weights_dir: Path) -> dict[str, Path] | None:
     single = weights_dir / "model.safetensors"
     if not single.is_file():
         return None
-    from safetensors import safe_open
+    with open(single, "rb") as handle:
+        return {k: single for k in _header(handle)[1] if k != "__metadata__"}
 
-    with safe_open(str(single), framework="pt") as handle:
-        return {k: single for k in handle.keys()}
+
+def _header(handle) -> tuple[int, dict]:
+    """(offset of the data, header) of an open safetensors file: an 8-byte length, then a JSON header."""
+    size = int.from_bytes(handle.read(8), "little")
+    return 8 + size, json.loads(handle.read(size))
+
+
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                      "U8": torch.uint8, "BOOL": torch.bool}
 
 
 def _read_state(wanted: dict[str, tuple[str, Path]], device: torch.device, dtype: torch.dtype) -> dict:
-    """model name -> tensor for the wanted entries, read shard by shard."""
-    from safetensors import safe_open
+    """model name -> tensor for the wanted entries, read shard by shard.
 
+    Plain reads at the offsets the safetensors header gives, not a memory map: mapped pages of a shard count
+    in the process's resident set, so a map would add a layer's checkpoint bytes to the peak; a read holds one
+    tensor in the checkpoint dtype at a time.
+    """
     state = {}
-    # One open per shard and layer: the mapping is dropped on exit, so read pages do not pile up in RSS.
     for shard in sorted({shard for _, shard in wanted.values()}):
-        with safe_open(str(shard), framework="pt", device=str(device)) as handle:
+        with open(shard, "rb") as handle:
+            data_start, header = _header(handle)
             for name, (key, at) in wanted.items():
                 if at == shard:
-                    state[name] = _cast(handle.get_tensor(key), dtype)
+                    tensor = _read_tensor(handle, data_start, header[key])
+                    state[name] = tensor.to(device, dtype if tensor.is_floating_point() else tensor.dtype)
     return state
 
 
-def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return tensor.to(dtype) if tensor.is_floating_point() else tensor
+def _read_tensor(handle, data_start: int, entry: dict) -> torch.Tensor:
+    if entry["dtype"] not in SAFETENSORS_DTYPES:
+        raise UserError(f"{handle.name}: tensor dtype {entry['dtype']} is not supported; allowed: "
+                        f"{', '.join(SAFETENSORS_DTYPES)}")
+    begin, end = entry["data_offsets"]
+    handle.seek(data_start + begin)
+    buffer = bytearray(end - begin)
+    handle.readinto(buffer)
+    flat = torch.frombuffer(buffer, dtype=SAFETENSORS_DTYPES[entry["dtype"]]) if buffer else torch.empty(
+        0, dtype=SAFETENSORS_DTYPES[entry["dtype"]])
+    return flat.reshape(entry["shape"])
 
 
 def _module_name(model: torch.nn.Module, target: torch.nn.Module) -> str:
@@ -191,6 +226,7 @@ def capture(
     shape = (n, length, adapter.hidden_size)
     with atomic_path(out_dir, directory=True) as tmp:
         batches, current = _embed(adapter, calibration, batch_size, device)
+        layers.embedded()
         _store(tmp / state_file(0), current, shape, store_dtype)
         for index in tqdm(range(adapter.num_layers), desc="capture layers", unit="layer"):
             layers.materialise(index)
