@@ -57,7 +57,8 @@ def grouped(rows: Sequence[tuple[str, Sequence[str]]], models: Sequence[str]) ->
         mine = [cells for key, cells in rows if key == model]
         if body and mine:
             body.append(None)
-        body.extend(mine)
+        # the model's name only on its first row, as the paper prints it
+        body.extend(cells if position == 0 else ["", *cells[1:]] for position, cells in enumerate(mine))
     return body
 
 
