@@ -139,8 +139,16 @@ def _forward(network: nn.Module, ids: torch.Tensor) -> Callable[[], Any]:
 def device_description(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         return {"type": "cuda", "name": torch.cuda.get_device_name(device)}
-    return {"type": device.type, "name": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads()}
+    return {"type": device.type, "name": _cpu_name(), "threads": torch.get_num_threads()}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else (platform.processor() or platform.machine())
 
 
 # -- the workflow step ---------------------------------------------------------------------------------------------
