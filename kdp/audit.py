@@ -66,6 +66,8 @@ class TableSchema:
     columns: tuple[str, ...]
     numbers: tuple[str, ...] = ()
     required: tuple[str, ...] = ()
+    # Columns the rules branch on: a misspelt value would silently drop the row from every check.
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 SCHEMAS: dict[str, TableSchema] = {
@@ -98,13 +100,16 @@ SCHEMAS: dict[str, TableSchema] = {
     "table09": TableSchema(("model", "method", "benchmark", "value", "src_line"), ("value", "src_line"),
                            ("model", "method", "benchmark", "value", "src_line")),
     "table10": TableSchema(("model", "method", "quantity", "value", "src_line"), ("value", "src_line"),
-                           ("model", "method", "quantity", "src_line")),
+                           ("model", "method", "quantity", "src_line"),
+                           {"quantity": ("FLOPs_G", "Change_pct", "SpeedUp_x")}),
     "table11": TableSchema(
         ("model", "setting", "n_datasets", "n_samples", "benchmark", "value", "src_line"),
         ("n_datasets", "value", "src_line"), ("model", "setting", "benchmark", "src_line"),
     ),
     "table12": TableSchema(("model", "component", "quantity", "k", "value", "src_line"), ("k", "value", "src_line"),
-                           ("model", "component", "quantity", "k", "value", "src_line")),
+                           ("model", "component", "quantity", "k", "value", "src_line"),
+                           {"component": ("Transformer Block", "Fold Block", "Retention Rate"),
+                            "quantity": ("FLOPs", "Params")}),
 }
 
 
@@ -179,14 +184,21 @@ def _validated_row(path: Path, line: int, row: dict[str, str | None], schema: Ta
     record: dict[str, Any] = {key: (value or "").strip() for key, value in row.items() if key is not None}
     for column in schema.required:
         if not record.get(column):
-            raise UserError(f"{path} line {line}, column {column!r}: is blank but a value is required")
+            raise UserError(f"{path} line {line}, column {column!r}: is blank but a value is required; "
+                            f"allowed: {'a number as printed' if column in schema.numbers else 'any non-blank text'}")
+    for column, allowed in schema.choices.items():
+        if record.get(column, "") not in allowed:
+            raise UserError(f"{path} line {line}, column {column!r}: {record.get(column, '')!r} is not allowed; "
+                            f"allowed: {', '.join(allowed)}")
     for column in schema.numbers:
         text = record.get(column, "")
         record[f"{column}_text"] = text
         try:
             record[column] = float(text.rstrip("%")) if text else math.nan
         except ValueError:
-            raise UserError(f"{path} line {line}, column {column!r}: {text!r} is not a number") from None
+            blank = "" if column in schema.required else ", or blank for a '-' cell"
+            raise UserError(f"{path} line {line}, column {column!r}: {text!r} is not a number; allowed: a number "
+                            f"as printed (e.g. 51.80 or 22.8%){blank}") from None
     record["_line"] = line
     return record
 
@@ -1536,6 +1548,8 @@ REPRODUCTION_TOLERANCES: dict[str, Tolerance] = {
     "FLOPs_G": Tolerance("relative", 0.01),
     "pruning_ratio": Tolerance("absolute", 1.0),
     "SpeedUp_x": Tolerance("absolute", 0.05),
+    "FLOPs": Tolerance("relative", 0.01),
+    "Params": Tolerance("relative", 0.01),
     # Perplexities move multiplicatively.
     "WIKI": Tolerance("relative", 0.25),
     "C4": Tolerance("relative", 0.25),
@@ -1544,39 +1558,89 @@ DEFAULT_REPRODUCTION_TOLERANCE = Tolerance("absolute", 5.0)  # accuracy-like per
 
 
 def attach_reproduced(audit: pd.DataFrame, reproduced: pd.DataFrame,
-                      tolerances: Mapping[str, Tolerance] | None = None) -> pd.DataFrame:
-    """Fill ``reproduced`` from this project's runs, keyed by (model, method, quantity), and judge it.
+                      tolerances: Mapping[str, Tolerance] | None = None,
+                      claims: ClaimsTables | None = None) -> pd.DataFrame:
+    """Fill ``reproduced`` from this project's runs and judge it against the claimed number.
 
-    ``reproduced`` has columns model, method, quantity, value. The verdict says whether the re-run lands within
-    a tolerance of the claimed number: ``REPRODUCTION_TOLERANCES`` per quantity, else
-    ``DEFAULT_REPRODUCTION_TOLERANCE`` (5 points for accuracy-like percentages). These tolerances are wide on
-    purpose: a re-run differs in seeds, harness version and, with the embedded default, in the model itself, so
-    the columns are a side-by-side view, not a test; rows without a re-run value keep empty cells.
+    ``reproduced`` has columns model, method, quantity, value, and optionally ``table`` (the claim-id prefix,
+    e.g. ``T01``: Table 1 and Table 11 both print a LLaMA-2-7B "Dense" Avg) and ``reproduced_from`` (where the
+    value comes from). The verdict says whether the re-run lands within a tolerance of the claimed number:
+    ``REPRODUCTION_TOLERANCES`` per quantity, else ``DEFAULT_REPRODUCTION_TOLERANCE`` (5 points for
+    accuracy-like percentages). These tolerances are wide on purpose: a re-run differs in seeds and harness
+    version, so they separate "same ballpark" from "different result", not noise from signal. A reproduced
+    printed cell that no audit rule recomputes (a plain benchmark score) gets its own row when ``claims`` is
+    given; rows without a re-run value keep empty cells.
     """
     missing = [c for c in ("model", "method", "quantity", "value") if c not in reproduced.columns]
     if missing:
         raise UserError(f"reproduced values: missing column(s) {', '.join(missing)}; "
                         "required: model, method, quantity, value")
     tolerances = {**REPRODUCTION_TOLERANCES, **(tolerances or {})}
-    values = {(r["model"], r["method"], r["quantity"]): float(r["value"]) for r in reproduced.to_dict("records")}
-    result = audit.copy()
-    filled, verdicts, used = [], [], []
-    for row in result.to_dict("records"):
-        value = values.get((row["model"], row["method"], row["quantity"]))
-        tolerance = tolerances.get(row["quantity"], DEFAULT_REPRODUCTION_TOLERANCE)
-        claimed = _as_float(row["claimed"])
-        if value is None or claimed is None:
-            filled.append(row["reproduced"])
-            verdicts.append("")
-            used.append("")
-            continue
-        filled.append(f"{value:g}")
-        verdicts.append("agrees" if tolerance.agrees(claimed, value) else "differs")
-        used.append(str(tolerance))
-    result["reproduced"] = filled
-    result["reproduced_verdict"] = verdicts
-    result["reproduced_tolerance"] = used
-    return result
+    keyed = "table" in reproduced.columns
+    values = {_reproduced_key(r, keyed): r for r in reproduced.to_dict("records")}
+    rows = audit.to_dict("records")
+    used = set()
+    for row in rows:
+        key = _audit_key(row, keyed)
+        used.add(key)
+        _judge(row, values.get(key), tolerances)
+    if claims is not None and keyed:
+        for key, value in values.items():
+            cell = None if key in used else _printed_cell_row(claims, *key)
+            if cell is not None:
+                rows.append(_judge(cell, value, tolerances))
+    columns = [*audit.columns, *(c for c in REPRODUCED_COLUMNS if c not in audit.columns)]
+    return pd.DataFrame(rows, columns=columns)
+
+
+REPRODUCED_COLUMNS = ("reproduced_tolerance", "reproduced_verdict", "reproduced_from")
+
+
+def _reproduced_key(record: Mapping[str, Any], keyed: bool) -> tuple:
+    base = (record["model"], record["method"], record["quantity"])
+    return (record["table"], *base) if keyed else base
+
+
+def _audit_key(row: Mapping[str, Any], keyed: bool) -> tuple:
+    base = (row["model"], row["method"], row["quantity"])
+    return (str(row["claim_id"]).split("/")[0], *base) if keyed else base
+
+
+def _tolerance_for(quantity: str, tolerances: Mapping[str, Tolerance]) -> Tolerance:
+    # Table 12 quantities carry their block size: "FLOPs (k=2)"; "*" overrides the default for everything else.
+    return (tolerances.get(quantity) or tolerances.get(quantity.split(" (")[0])
+            or tolerances.get("*", DEFAULT_REPRODUCTION_TOLERANCE))
+
+
+def _judge(row: dict[str, Any], value: Mapping[str, Any] | None, tolerances: Mapping[str, Tolerance]) -> dict:
+    claimed = _as_float(row["claimed"])
+    if value is None or claimed is None:
+        row.update(reproduced_tolerance="", reproduced_verdict="", reproduced_from="")
+        row.setdefault("reproduced", "")
+        return row
+    tolerance = _tolerance_for(row["quantity"], tolerances)
+    reproduced = float(value["value"])
+    row.update(reproduced=f"{reproduced:.6g}", reproduced_tolerance=str(tolerance),
+               reproduced_verdict="agrees" if tolerance.agrees(claimed, reproduced) else "differs",
+               reproduced_from=str(value.get("reproduced_from", "")))
+    return row
+
+
+def _printed_cell_row(claims: ClaimsTables, table: str, model: str, method: str, quantity: str) -> dict | None:
+    """The audit row of a printed cell nothing else recomputes (``T01`` + model + method + benchmark column)."""
+    name = f"table{table.removeprefix('T')}"
+    if name not in claims or "method" not in claims[name].columns or "benchmark" not in claims[name].columns:
+        return None
+    frame = claims[name]
+    hits = frame[(frame["model"] == model) & (frame["method"] == method) & (frame["benchmark"] == quantity)]
+    if hits.empty or not hits.iloc[0]["value_text"]:
+        return None
+    record = hits.iloc[0]
+    return {"claim_id": _claim_id(name, model, method, quantity), "source": _source(name, record["src_line_text"]),
+            "model": model, "method": method, "quantity": quantity, "claimed": record["value_text"],
+            "recomputed": "", "reproduced": "", "tolerance": "", "verdict": NOT_CHECKABLE,
+            "rule": "printed_cell", "note": "a measured score: no other printed number determines it",
+            "relative_discrepancy": math.nan}
 
 
 def _as_float(text: Any) -> float | None:

@@ -1,0 +1,358 @@
+"""The claims audit as workflow outputs: ``results/audit.csv``, ``audit.tex`` and a readable ``audit_report.md``.
+
+Three kinds of numbers sit beside each claim:
+  recomputed  from the paper's own other numbers (``kdp.audit``: interval arithmetic over printed digits);
+  reproduced  from this project: analytic FLOPs/parameters of the paper's model configs (valid for any run
+              profile), and evaluated cells of the configured tables, but only where a configured model names
+              the paper model it is (``models.<m>.paper_name``) and the variant the paper row it reproduces
+              (``variants.<v>.paper_method``);
+  analogous   the same table cells measured on models that are not the paper's (the embedded default): shown
+              side by side in the report, never judged.
+
+The join is deliberately small: config table ``tableN`` against the paper's Table N, a model by ``paper_name``,
+a variant by ``paper_method`` (printed with its dagger, as in the configs, or in the claims' normalised form),
+a cell by its printed column name. The audit reads the table CSVs rather than every variant's evaluation, so
+it needs only what the configured tables already need.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kdp import audit, flops
+from kdp.audit import CONSISTENT, INCONSISTENT, NOT_CHECKABLE, ClaimsTables, Tolerance
+from kdp.io import atomic_path, sha256_file, write_text
+from kdp.tables import latex_escape
+
+AUDIT_OUTPUT_VERSION = 1
+ANALYTIC_MODELS = ("LLaMA-2-7B", "LLaMA-2-13B")  # the two models Tables 10 and 12 print
+SUMMARY_QUANTITIES = ("RP", "RP(PPL)", "RP(Rouge)")
+OUTPUT_COLUMNS = (
+    "claim_id", "source", "model", "method", "quantity", "claimed", "recomputed", "tolerance", "verdict",
+    "reproduced", "reproduced_tolerance", "reproduced_verdict", "reproduced_from", "relative_discrepancy", "rule",
+    "note",
+)
+
+
+# ------------------------------------------------------------------------------------------- reproduced values
+
+
+def analytic_reproduced(claims: ClaimsTables) -> pd.DataFrame:
+    """Dense FLOPs (Table 10) and Transformer-block cost (Table 12) of LLaMA-2-7B/13B, counted from the model
+    configs in ``resources/model_configs`` by ``kdp.flops`` (the same for every run profile)."""
+    rows = []
+    for model in ANALYTIC_MODELS:
+        config = flops.load_model_config(audit.MODEL_CONFIGS[model])
+        origin = f"kdp.flops analytic count of resources/model_configs/{audit.MODEL_CONFIGS[model]}.json"
+        rows.append({"table": "T10", "model": model, "method": "Dense", "quantity": "FLOPs_G",
+                     "value": flops.model_flops(config) / 1e9, "reproduced_from": origin})
+        for k in sorted(_table12_block_sizes(claims)):
+            gflops, params = flops.block_cost(config, k)
+            for quantity, value in (("FLOPs", gflops / 1e9), ("Params", params / 1e6)):
+                rows.append({"table": "T12", "model": model, "method": "Transformer Block",
+                             "quantity": f"{quantity} (k={k})", "value": value, "reproduced_from": origin})
+    return pd.DataFrame(rows)
+
+
+def _table12_block_sizes(claims: ClaimsTables) -> set[int]:
+    return {int(k) for k in claims["table12"]["k"]} if "table12" in claims else set()
+
+
+def _method_names(claims: ClaimsTables, name: str) -> dict[str, str]:
+    """Printed row name (with its dagger) and normalised name, both to the claims' normalised method."""
+    frame = claims[name]
+    printed = next((c for c in ("method_printed", "setting_printed") if c in frame.columns), None)
+    names = {m: m for m in frame["method"]}
+    if printed:
+        names.update(zip(frame[printed], frame["method"]))
+    return names
+
+
+def _read_table_csv(path: str | Path) -> pd.DataFrame:
+    return pd.read_csv(path, comment="#", keep_default_na=False)
+
+
+def evaluated_values(config: dict, claims: ClaimsTables, table_csvs: Mapping[str, str | Path]
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(reproduced, analogous) cells of the configured tables (``{table name: csv path}``)."""
+    reproduced, analogous = [], []
+    for table, path in table_csvs.items():
+        name = f"table{int(table.removeprefix('table')):02d}"
+        if name not in claims or not {"method", "benchmark"} <= set(claims[name].columns):
+            continue
+        methods = _method_names(claims, name)
+        frame = _read_table_csv(path)
+        for record in frame.to_dict("records"):
+            model_spec = config["models"].get(record["model"], {})
+            paper_method = methods.get(config["variants"].get(record["variant"], {}).get("paper_method", ""))
+            if paper_method is None:
+                continue
+            cell = {"table": f"T{name[-2:]}", "method": paper_method, "value": float(record["value"])}
+            if model_spec.get("paper_name"):
+                reproduced += _reproduced_cells(cell, record, model_spec["paper_name"], table, claims[name])
+            elif record["column"] in SUMMARY_QUANTITIES:
+                analogous.append({**cell, "config_table": table, "model": record["model"],
+                                  "variant": record["variant"], "quantity": record["column"],
+                                  "ratio": float(record["ratio"])})
+    return pd.DataFrame(reproduced), pd.DataFrame(analogous)
+
+
+def _reproduced_cells(cell: dict, record: Mapping[str, Any], paper_model: str, table: str,
+                      printed: pd.DataFrame) -> list[dict]:
+    origin = f"results/{table}.csv ({record['model']}/{record['variant']})"
+    rows = [{**cell, "model": paper_model, "quantity": record["column"], "reproduced_from": origin}]
+    if "pruning_ratio" in printed.columns and record["column"] == "Avg":  # one ratio per row, printed in percent
+        rows.append({**cell, "model": paper_model, "quantity": "pruning_ratio",
+                     "value": 100 * float(record["ratio"]), "reproduced_from": origin})
+    return rows
+
+
+def analogous_rows(analogous: pd.DataFrame, claims: ClaimsTables, config: dict) -> list[dict]:
+    """The embedded RP beside every paper model's RP for the same paper row: context, not a comparison."""
+    rows = []
+    for record in analogous.to_dict("records"):
+        name = f"table{record['table'][1:]}"
+        frame = claims[name]
+        hits = frame[(frame["method"] == record["method"]) & (frame["benchmark"] == record["quantity"])]
+        paper = "; ".join(f"{r['model']} {r['value_text']}" + (f" at {r['pruning_ratio_text']}%" if
+                                                               r.get("pruning_ratio_text") else "")
+                          for r in hits.to_dict("records") if r["value_text"])
+        rows.append({"table": record["config_table"], "model": config["models"][record["model"]].get(
+            "label", record["model"]), "variant": config["variants"][record["variant"]].get("label", record["variant"]),
+            "paper row": record["method"], "quantity": record["quantity"],
+            "this run": f"{record['value']:.1f} at {100 * record['ratio']:.1f}%", "paper": paper or "-"})
+    return rows
+
+
+def reproduction_tolerances(config: dict) -> dict[str, Tolerance]:
+    settings = config.get("audit", {})
+    tolerances: dict[str, Tolerance] = {}
+    if "perplexity_relative" in settings:
+        tolerances.update({q: Tolerance("relative", settings["perplexity_relative"]) for q in ("WIKI", "C4")})
+    if "accuracy_points" in settings:
+        tolerances["*"] = Tolerance("absolute", settings["accuracy_points"])
+    return tolerances
+
+
+# ------------------------------------------------------------------------------------------------ the audit table
+
+
+def build_audit(config: dict, table_csvs: Mapping[str, str | Path], claims_dir: str | Path = audit.CLAIMS_DIR
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(audit rows with reproduced values, analogous cells)."""
+    claims = audit.load_claims(claims_dir)
+    checked = audit.run_rules(claims)
+    measured, analogous = evaluated_values(config, claims, table_csvs)
+    reproduced = pd.concat([analytic_reproduced(claims), measured], ignore_index=True)
+    joined = audit.attach_reproduced(checked, reproduced, reproduction_tolerances(config), claims)
+    return sort_by_discrepancy(joined)[list(OUTPUT_COLUMNS)], analogous
+
+
+VERDICT_ORDER = {INCONSISTENT: 0, CONSISTENT: 2, NOT_CHECKABLE: 1}
+
+
+def sort_by_discrepancy(frame: pd.DataFrame) -> pd.DataFrame:
+    """Inconsistent rows first, largest relative discrepancy first; ties keep the rules' order."""
+    keys = pd.DataFrame({
+        "verdict": frame["verdict"].map(VERDICT_ORDER).fillna(3),
+        "size": -pd.to_numeric(frame["relative_discrepancy"], errors="coerce").abs().fillna(-1),
+    })
+    order = keys.sort_values(["verdict", "size"], kind="stable").index
+    return frame.loc[order].reset_index(drop=True)
+
+
+def claims_fingerprint(claims_dir: str | Path = audit.CLAIMS_DIR) -> dict[str, str]:
+    return {path.name: sha256_file(path)[:16] for path in sorted(Path(claims_dir).glob("*.csv"))}
+
+
+def write_audit_csv(frame: pd.DataFrame, path: str | Path, header: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            handle.write(header)
+            frame.to_csv(handle, index=False, float_format="%.6g")
+
+
+def read_audit_csv(path: str | Path) -> pd.DataFrame:
+    frame = pd.read_csv(path, comment="#", keep_default_na=False, dtype=str)
+    frame["relative_discrepancy"] = pd.to_numeric(frame["relative_discrepancy"], errors="coerce")
+    return frame
+
+
+# ------------------------------------------------------------------------------------------------------ LaTeX
+
+
+def audit_latex(frame: pd.DataFrame, comments: Sequence[str]) -> str:
+    """The inconsistent rows as a booktabs longtable, largest discrepancy first, plus the verdict counts."""
+    counts = frame["verdict"].value_counts()
+    lines = [*(f"% {line}" for line in comments),
+             r"\begin{longtable}{p{0.26\linewidth}p{0.15\linewidth}rrrp{0.22\linewidth}}",
+             f"\\caption{{Claims audit: {counts.get(INCONSISTENT, 0)} inconsistent, {counts.get(CONSISTENT, 0)} "
+             f"consistent, {counts.get(NOT_CHECKABLE, 0)} not checkable}}\\label{{tab:audit}}\\\\",
+             r"\toprule", r"Claim & Source & Claimed & Recomputed & Off by & Note \\", r"\midrule", r"\endhead"]
+    for row in frame[frame["verdict"] == INCONSISTENT].to_dict("records"):
+        cells = (row["claim_id"], row["source"], row["claimed"], row["recomputed"], _off_by(row),
+                 _short(row["note"], 90))
+        lines.append(" & ".join(latex_escape(str(c)) for c in cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{longtable}"]
+    return "\n".join(lines) + "\n"
+
+
+def _off_by(row: Mapping[str, Any]) -> str:
+    size = row["relative_discrepancy"]
+    return "" if size is None or (isinstance(size, float) and math.isnan(size)) else f"{100 * float(size):+.1f}%"
+
+
+def _short(text: str, limit: int) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --------------------------------------------------------------------------------------------------- Markdown
+
+
+def _md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return out
+
+
+def paper_models(config: dict) -> dict[str, str]:
+    return {m: spec["paper_name"] for m, spec in config["models"].items() if spec.get("paper_name")}
+
+
+def audit_markdown(frame: pd.DataFrame, analogous: Sequence[Mapping[str, Any]], config: dict,
+                   figures: Mapping[str, str], provenance_lines: Sequence[str]) -> str:
+    """What holds, what does not and by how much (largest first), what this run reproduces, and the figures."""
+    counts = frame["verdict"].value_counts()
+    lines = ["# Claims audit of the KDP paper (ICLR 2026)", "",
+             "Generated by kdp-bench from `resources/claims/` (the paper's printed numbers) and this run's tables. "
+             "Each row is one printed cell or text claim. **recomputed**: the value the paper's own other numbers "
+             "give (interval arithmetic over the printed digits, so rounding alone never fails a row; the "
+             "**tolerance** column is that rounding slack). **reproduced**: this project's value. Read "
+             "`audit.csv` (one row per claim, same order) for every row.", "",
+             f"**{counts.get(INCONSISTENT, 0)} inconsistent**, {counts.get(CONSISTENT, 0)} consistent, "
+             f"{counts.get(NOT_CHECKABLE, 0)} not checkable (of {len(frame)} rows).", ""]
+    lines += _profile_section(config)
+    lines += _inconsistent_section(frame)
+    lines += _reproduced_section(frame)
+    lines += _analogous_section(analogous)
+    lines += _holds_section(frame)
+    lines += _figures_section(figures)
+    lines += ["## Provenance", "", *(f"- {line}" for line in provenance_lines), ""]
+    return "\n".join(lines)
+
+
+def _profile_section(config: dict) -> list[str]:
+    mapped = paper_models(config)
+    if mapped:
+        names = ", ".join(f"`{m}` = {p}" for m, p in mapped.items())
+        return ["## Which numbers are comparable", "",
+                f"This run's models name the paper models they are ({names}); their evaluated table cells are "
+                "joined to the paper's cells and judged within the reproduction tolerance.", ""]
+    labels = ", ".join(spec.get("label", m) for m, spec in config["models"].items())
+    return ["## Which numbers are comparable", "",
+            f"This run's models ({labels}) are **not the paper's models**. Their RP (retained performance) is "
+            "shown under *Analogous, not comparable* beside the paper's, never with a verdict: other models, "
+            "other data and other benchmarks say nothing about LLaMA-2-7B on MMLU. Only the analytic FLOPs and "
+            "parameter counts of the paper's model configs are reproduced here (they hold for any profile). "
+            "To judge evaluated cells, give each model `paper_name` and each variant `paper_method` "
+            "(config/paper.yaml does).", ""]
+
+
+def _inconsistent_section(frame: pd.DataFrame) -> list[str]:
+    bad = frame[frame["verdict"] == INCONSISTENT]
+    rows = [(r["claim_id"], r["source"], r["claimed"], r["recomputed"], r["tolerance"] or "-", _off_by(r) or "-",
+             _short(r["note"], 200)) for r in bad.to_dict("records")]
+    return ["## What does not hold (largest discrepancy first)", "",
+            "*Off by* = (claimed - recomputed) / recomputed; set/count findings have no single size and come last.",
+            "", *_md_table(("claim", "source", "claimed", "recomputed", "tolerance", "off by", "note"), rows), ""]
+
+
+def _reproduced_section(frame: pd.DataFrame) -> list[str]:
+    done = frame[frame["reproduced"].astype(str) != ""].copy()
+    if done.empty:
+        return ["## Reproduced by this run", "", "No claimed cell has a reproduced value in this run.", ""]
+    claimed = pd.to_numeric(done["claimed"], errors="coerce")
+    done["gap"] = (pd.to_numeric(done["reproduced"], errors="coerce") - claimed) / claimed.abs()
+    done = done.sort_values("gap", key=lambda s: -s.abs().fillna(0), kind="stable")
+    rows = [(r["claim_id"], r["claimed"], r["reproduced"], f"{100 * r['gap']:+.2f}%", r["reproduced_tolerance"],
+             r["reproduced_verdict"], r["reproduced_from"]) for r in done.to_dict("records")]
+    agrees = int((done["reproduced_verdict"] == "agrees").sum())
+    return ["## Reproduced by this run", "", f"{agrees} of {len(done)} reproduced cells agree within tolerance.", "",
+            *_md_table(("claim", "claimed", "reproduced", "gap", "tolerance", "verdict", "from"), rows), ""]
+
+
+def _analogous_section(analogous: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not analogous:
+        return []
+    headers = ("table", "model", "variant", "paper row", "quantity", "this run", "paper")
+    return ["## Analogous, not comparable", "",
+            "The same quantity on this run's models beside the paper's, at each row's own pruning ratio. No "
+            "verdict: the models, data and benchmarks differ.", "",
+            *_md_table(headers, ([row[h] for h in headers] for row in analogous)), ""]
+
+
+def _holds_section(frame: pd.DataFrame) -> list[str]:
+    summary = frame.groupby("rule", sort=False)["verdict"].value_counts().unstack(fill_value=0)
+    rows = [(rule, int(row.get(CONSISTENT, 0)), int(row.get(INCONSISTENT, 0)), int(row.get(NOT_CHECKABLE, 0)))
+            for rule, row in summary.iterrows()]
+    rows.sort(key=lambda r: (-r[2], r[0]))
+    return ["## What holds, by rule", "",
+            *_md_table(("rule", "consistent", "inconsistent", "not checkable"), rows), ""]
+
+
+def _figures_section(figures: Mapping[str, str]) -> list[str]:
+    if not figures:
+        return []
+    lines = ["## Figures", ""]
+    for title, path in figures.items():
+        lines += [f"### {title}", "", f"![{title}]({path}) ([PDF]({Path(path).with_suffix('.pdf').as_posix()}))", ""]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------- workflow steps
+
+
+def _provenance_lines(config: dict, claims_dir: str | Path) -> list[str]:
+    from kdp.steps import _provenance_header
+
+    header = _provenance_header(config, audit_version=AUDIT_OUTPUT_VERSION, claims=claims_fingerprint(claims_dir))
+    return [line.removeprefix("# ") for line in header.splitlines()]
+
+
+def audit_tables(config: dict, table_csvs: Mapping[str, str], out_csv: str, out_tex: str,
+                 out_analogous: str, claims_dir: str | Path = audit.CLAIMS_DIR) -> None:
+    """Rule ``audit``: audit.csv (every row), audit.tex (the inconsistent ones) and the analogous cells."""
+    frame, analogous = build_audit(config, table_csvs, claims_dir)
+    provenance = _provenance_lines(config, claims_dir)
+    header = "".join(f"# {line}\n" for line in provenance)
+    write_audit_csv(frame, out_csv, header)
+    write_text(out_tex, audit_latex(frame, provenance))
+    claims = audit.load_claims(claims_dir)
+    rows = analogous_rows(analogous, claims, config) if not analogous.empty else []
+    write_audit_csv(pd.DataFrame(rows, columns=["table", "model", "variant", "paper row", "quantity", "this run",
+                                                "paper"]), out_analogous, header)
+
+
+def audit_report(config: dict, audit_csv: str, analogous_csv: str, figure_pngs: Sequence[str], out_md: str) -> None:
+    """Rule ``audit_report``: the Markdown report beside audit.csv, figures linked relative to it."""
+    frame = read_audit_csv(audit_csv)
+    analogous = pd.read_csv(analogous_csv, comment="#", keep_default_na=False, dtype=str).to_dict("records")
+    here = Path(out_md).parent
+    figures = {_figure_title(config, Path(p).stem): Path(p).relative_to(here).as_posix()
+               if Path(p).is_relative_to(here) else p for p in figure_pngs}
+    provenance = [line for line in Path(audit_csv).read_text(encoding="utf-8").splitlines() if line.startswith("# ")]
+    write_text(out_md, audit_markdown(frame, analogous, config, figures, [p[2:] for p in provenance]))
+
+
+def _figure_title(config: dict, name: str) -> str:
+    spec = config.get("figures", {}).get(name, {})
+    return f"{name.replace('figure', 'Figure ')}: {spec['title']}" if spec.get("title") else name
