@@ -183,16 +183,35 @@ def test_analytic_counts_of_a_loaded_model_follow_kdp_flops(build):
     assert model_spec_of(network).flops() == expected.flops()
 
 
-def test_speed_step_times_dense_and_variant_on_one_input(tmp_path):
+def tiny_tokenizer():
     from tokenizers import Tokenizer, models as tok_models
     from transformers import PreTrainedTokenizerFast
 
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(tok_models.WordLevel({"[UNK]": 0, "a": 1},
+                                                                                   unk_token="[UNK]")))
+
+
+def test_a_saved_kdp_variant_reloads_with_its_fold_counted_as_a_fold(tmp_path):
+    from kdp import models as kdp_models
+    from kdp.hf_custom import apply_edit
+
+    network = micro_llama(layers=4)
+    dense_config = copy.deepcopy(network.config)
+    fold = {"kind": "kdp", "hidden_size": 64, "rff_dim": 32, "rank": 4, "inverse_hidden": 24,
+            "inverse_activation": "gelu", "output_size": 64}
+    apply_edit(adapter_for(network), {"factory": "kdp.methods.kdp:install_fold", "first": 1, "last": 2, "fold": fold})
+    kdp_models.save_variant(network, tiny_tokenizer(), tmp_path / "kdp", record("kdp"))
+    loaded, _ = kdp_models.load_variant(tmp_path / "kdp")
+    expected = flops.variant_spec(dense_config, folds=[{"first": 1, "last": 2, "rff_dim": 32, "rank": 4, "hidden": 24}])
+    assert model_spec_of(loaded).flops() == expected.flops()
+
+
+def test_speed_step_times_dense_and_variant_on_one_input(tmp_path):
     from kdp import models as kdp_models
     from kdp.io import read_json, write_json
 
     network = micro_llama(layers=4)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(tok_models.WordLevel({"[UNK]": 0, "a": 1},
-                                                                                        unk_token="[UNK]")))
+    tokenizer = tiny_tokenizer()
     base = tmp_path / "base"
     network.save_pretrained(base)
     tokenizer.save_pretrained(base)
