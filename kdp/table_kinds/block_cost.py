@@ -46,21 +46,24 @@ def fold_shape(config: dict, variant: str, model: str, hidden_size: int) -> dict
 def block_rows(model_config, shape: dict[str, int], ks=DEFAULT_K) -> list[dict]:
     """Tidy rows for one model: (component, quantity, counting, k, value, unit)."""
     d, m2, r, h = shape["d"], shape["rff_dim"], shape["rank"], shape["hidden"]
-    fold_macs = flops.FoldSpec(d, m2, r, h).flops(flops.PAPER_CONVENTION)
+    fold_flops = {"paper_convention": flops.FoldSpec(d, m2, r, h).flops(flops.PAPER_CONVENTION),
+                  "direct": flops.fold_flops_direct(d, m2, r, h, flops.PAPER_CONVENTION.seq_len)}
+    fold_params = {"appendix_i": flops.fold_parameters(d, m2, r, h),
+                   "direct": flops.fold_parameters_direct(d, m2, r, h)}
     rows = []
     for k in ks:
         block_flops, block_params = flops.block_cost(model_config, k)
+        training = flops.fold_parameters(d, m2, r, h, k, "training")
         cells = [
             ("Transformer Block", "FLOPs", "paper_convention", block_flops / 1e9, "G"),
             ("Transformer Block", "Params", "exact", block_params / 1e6, "M"),
-            ("Fold Block", "FLOPs", "paper_convention", fold_macs / 1e9, "G"),
-            ("Fold Block", "FLOPs", "direct", flops.fold_flops_direct(d, m2, r, h, flops.PAPER_CONVENTION.seq_len) / 1e9, "G"),
-            ("Fold Block", "Params", "appendix_i", flops.fold_parameters(d, m2, r, h) / 1e6, "M"),
-            ("Fold Block", "Params", "appendix_i_training", flops.fold_parameters(d, m2, r, h, k, "training") / 1e6, "M"),
-            ("Fold Block", "Params", "direct", flops.fold_parameters_direct(d, m2, r, h) / 1e6, "M"),
-            ("Retention Rate", "FLOPs", "paper_convention", 100.0 * fold_macs / block_flops, "pct"),
-            ("Retention Rate", "Params", "appendix_i", 100.0 * flops.fold_parameters(d, m2, r, h) / block_params, "pct"),
-            ("Retention Rate", "Params", "direct", 100.0 * flops.fold_parameters_direct(d, m2, r, h) / block_params, "pct"),
+            *[("Fold Block", "FLOPs", how, value / 1e9, "G") for how, value in fold_flops.items()],
+            ("Fold Block", "Params", "appendix_i", fold_params["appendix_i"] / 1e6, "M"),
+            ("Fold Block", "Params", "appendix_i_training", training / 1e6, "M"),
+            ("Fold Block", "Params", "direct", fold_params["direct"] / 1e6, "M"),
+            ("Retention Rate", "FLOPs", "paper_convention", 100 * fold_flops["paper_convention"] / block_flops, "pct"),
+            *[("Retention Rate", "Params", how, 100 * value / block_params, "pct")
+              for how, value in fold_params.items()],
         ]
         rows += [{"component": c, "quantity": q, "counting": how, "k": k, "value": v, "unit": u}
                  for c, q, how, v, u in cells]
