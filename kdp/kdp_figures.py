@@ -69,7 +69,7 @@ def save_figure(figure, outputs: dict[str, str | Path], provenance: dict[str, An
 
 def figure3(fits: list[tuple[str, dict]], title: str = ""):
     """Step 1 loss, Step 1 k-step cosine, Step 2 loss, one colour per block."""
-    figure, (loss, cosine, inverse) = plt.subplots(1, 3, figsize=(13, 3.6))
+    figure, (loss, cosine, inverse) = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
     for index, (label, record) in enumerate(fits):
         color = f"C{index}"
         step1 = record["step1"]["epochs"]
@@ -113,7 +113,8 @@ def figure4(predicted: np.ndarray, truth: np.ndarray, title: str = "", rows: tup
                         "(tokens, 2m) arrays")
     available = [row for row in rows if row < truth.shape[0]] or [truth.shape[0] - 1]
     shape = grid_shape(truth.shape[1])
-    figure, axes = plt.subplots(len(available), 3, figsize=(9.5, 3.0 * len(available)), squeeze=False)
+    figure, axes = plt.subplots(len(available), 3, figsize=(9.5, 3.0 * len(available)), squeeze=False,
+                             layout="constrained")
     for axes_row, token in zip(axes, available):
         pred, true = predicted[token].reshape(shape), truth[token].reshape(shape)
         low, high = min(pred.min(), true.min()), max(pred.max(), true.max())
@@ -134,7 +135,7 @@ def figure4(predicted: np.ndarray, truth: np.ndarray, title: str = "", rows: tup
 
 def figure5(fits: list[tuple[str, dict]], title: str = ""):
     """||A_i||_op per step over Step 1 (lines) and the mean..max band of ||phi(h) - mean|| (R_phi), per block."""
-    figure, axes = plt.subplots(1, len(fits), figsize=(4.2 * len(fits), 3.4), squeeze=False)
+    figure, axes = plt.subplots(1, len(fits), figsize=(4.2 * len(fits), 3.6), squeeze=False, layout="constrained")
     for axis, (label, record) in zip(axes[0], fits):
         step1 = record["step1"]["epochs"]
         epochs = [e["epoch"] for e in step1]
