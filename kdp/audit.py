@@ -1627,12 +1627,16 @@ def _judge(row: dict[str, Any], value: Mapping[str, Any] | None, tolerances: Map
 
 
 def _printed_cell_row(claims: ClaimsTables, table: str, model: str, method: str, quantity: str) -> dict | None:
-    """The audit row of a printed cell nothing else recomputes (``T01`` + model + method + benchmark column)."""
+    """The audit row of a printed cell nothing else recomputes (``T01`` + model + method + benchmark column, or
+    ``T10`` + model + method + quantity)."""
     name = f"table{table.removeprefix('T')}"
-    if name not in claims or "method" not in claims[name].columns or "benchmark" not in claims[name].columns:
+    if name not in claims or "method" not in claims[name].columns:
         return None
     frame = claims[name]
-    hits = frame[(frame["model"] == model) & (frame["method"] == method) & (frame["benchmark"] == quantity)]
+    key = next((column for column in ("benchmark", "quantity") if column in frame.columns), None)
+    if key is None:
+        return None
+    hits = frame[(frame["model"] == model) & (frame["method"] == method) & (frame[key] == quantity)]
     if hits.empty or not hits.iloc[0]["value_text"]:
         return None
     record = hits.iloc[0]

@@ -77,38 +77,53 @@ def _read_table_csv(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, comment="#", keep_default_na=False)
 
 
+# Speed-up tables (kind speedup) print one row per quantity; these are the ones Table 10 prints.
+SPEEDUP_QUANTITIES = {"flops_g": "FLOPs_G", "change_pct": "Change_pct", "flops_speedup": "SpeedUp_x"}
+
+
+def table_cells(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """(model, variant, quantity, value, ratio) of a rendered table CSV: a score table's printed columns, or a
+    speed-up table's Table 10 quantities; other table kinds have no cell the paper prints as a number here."""
+    columns = set(frame.columns)
+    if {"column", "value"} <= columns:
+        return [{"model": r["model"], "variant": r["variant"], "quantity": r["column"], "value": float(r["value"]),
+                 "ratio": float(r["ratio"]) if r.get("ratio", "") != "" else None} for r in frame.to_dict("records")]
+    if {"quantity", "value"} <= columns:
+        return [{"model": r["model"], "variant": r["variant"], "quantity": SPEEDUP_QUANTITIES[r["quantity"]],
+                 "value": float(r["value"]), "ratio": None}
+                for r in frame.to_dict("records") if r["quantity"] in SPEEDUP_QUANTITIES]
+    return []
+
+
 def evaluated_values(config: dict, claims: ClaimsTables, table_csvs: Mapping[str, str | Path]
                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(reproduced, analogous) cells of the configured tables (``{table name: csv path}``)."""
     reproduced, analogous = [], []
     for table, path in table_csvs.items():
         name = f"table{int(table.removeprefix('table')):02d}"
-        if name not in claims or not {"method", "benchmark"} <= set(claims[name].columns):
+        if name not in claims or not {"method", "model"} <= set(claims[name].columns):
             continue
         methods = _method_names(claims, name)
-        frame = _read_table_csv(path)
-        for record in frame.to_dict("records"):
-            model_spec = config["models"].get(record["model"], {})
-            paper_method = methods.get(config["variants"].get(record["variant"], {}).get("paper_method", ""))
+        for cell in table_cells(_read_table_csv(path)):
+            model_spec = config["models"].get(cell["model"], {})
+            paper_method = methods.get(config["variants"].get(cell["variant"], {}).get("paper_method", ""))
             if paper_method is None:
                 continue
-            cell = {"table": f"T{name[-2:]}", "method": paper_method, "value": float(record["value"])}
+            origin = f"results/{table}.csv ({cell['model']}/{cell['variant']})"
             if model_spec.get("paper_name"):
-                reproduced += _reproduced_cells(cell, record, model_spec["paper_name"], table, claims[name])
-            elif record["column"] in SUMMARY_QUANTITIES:
-                analogous.append({**cell, "config_table": table, "model": record["model"],
-                                  "variant": record["variant"], "quantity": record["column"],
-                                  "ratio": float(record["ratio"])})
+                reproduced += _reproduced_cells(cell, f"T{name[-2:]}", paper_method, model_spec["paper_name"],
+                                                origin, claims[name])
+            elif cell["quantity"] in SUMMARY_QUANTITIES and paper_method != "Dense":  # dense RP is 100 by definition
+                analogous.append({**cell, "table": f"T{name[-2:]}", "method": paper_method, "config_table": table})
     return pd.DataFrame(reproduced), pd.DataFrame(analogous)
 
 
-def _reproduced_cells(cell: dict, record: Mapping[str, Any], paper_model: str, table: str,
+def _reproduced_cells(cell: dict, table: str, method: str, paper_model: str, origin: str,
                       printed: pd.DataFrame) -> list[dict]:
-    origin = f"results/{table}.csv ({record['model']}/{record['variant']})"
-    rows = [{**cell, "model": paper_model, "quantity": record["column"], "reproduced_from": origin}]
-    if "pruning_ratio" in printed.columns and record["column"] == "Avg":  # one ratio per row, printed in percent
-        rows.append({**cell, "model": paper_model, "quantity": "pruning_ratio",
-                     "value": 100 * float(record["ratio"]), "reproduced_from": origin})
+    base = {"table": table, "model": paper_model, "method": method, "reproduced_from": origin}
+    rows = [{**base, "quantity": cell["quantity"], "value": cell["value"]}]
+    if "pruning_ratio" in printed.columns and cell["quantity"] == "Avg" and cell["ratio"] is not None:
+        rows.append({**base, "quantity": "pruning_ratio", "value": 100 * cell["ratio"]})  # printed in percent
     return rows
 
 
@@ -122,10 +137,11 @@ def analogous_rows(analogous: pd.DataFrame, claims: ClaimsTables, config: dict) 
         paper = "; ".join(f"{r['model']} {r['value_text']}" + (f" at {r['pruning_ratio_text']}%" if
                                                                r.get("pruning_ratio_text") else "")
                           for r in hits.to_dict("records") if r["value_text"])
+        ratio = "" if record["ratio"] is None or pd.isna(record["ratio"]) else f" at {100 * record['ratio']:.1f}%"
         rows.append({"table": record["config_table"], "model": config["models"][record["model"]].get(
             "label", record["model"]), "variant": config["variants"][record["variant"]].get("label", record["variant"]),
             "paper row": record["method"], "quantity": record["quantity"],
-            "this run": f"{record['value']:.1f} at {100 * record['ratio']:.1f}%", "paper": paper or "-"})
+            "this run": f"{record['value']:.1f}{ratio}", "paper": paper or "-"})
     return rows
 
 
@@ -190,7 +206,7 @@ def audit_latex(frame: pd.DataFrame, comments: Sequence[str]) -> str:
     """The inconsistent rows as a booktabs longtable, largest discrepancy first, plus the verdict counts."""
     counts = frame["verdict"].value_counts()
     lines = [*(f"% {line}" for line in comments),
-             r"\begin{longtable}{p{0.26\linewidth}p{0.15\linewidth}rrrp{0.22\linewidth}}",
+             r"\begin{longtable}{p{0.22\linewidth}p{0.12\linewidth}rp{0.14\linewidth}rp{0.24\linewidth}}",
              f"\\caption{{Claims audit: {counts.get(INCONSISTENT, 0)} inconsistent, {counts.get(CONSISTENT, 0)} "
              f"consistent, {counts.get(NOT_CHECKABLE, 0)} not checkable}}\\label{{tab:audit}}\\\\",
              r"\toprule", r"Claim & Source & Claimed & Recomputed & Off by & Note \\", r"\midrule", r"\endhead"]

@@ -45,7 +45,11 @@ def paper_audit(paper, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("paper")
     rows = (classification_rows("llama-2-7b", "kdp", "Ours", 0.228, 70.0, 60.0, 88.0)
             + classification_rows("llama-2-7b", "kdp_peft", "Ours†", 0.3, 50.0, 45.0, 70.0))
-    frame, analogous = build_audit(paper, {"table1": table_csv(tmp / "table1.csv", rows)})
+    speed = tmp / "table10.csv"
+    speed.write_text("# table: \"synthetic\"\nmodel,variant,label,quantity,value\n"
+                     "llama-2-7b,sleb,SLEB,flops_g,664.38\nllama-2-7b,sleb,SLEB,change_pct,21.44\n"
+                     "llama-2-7b,sleb,SLEB,flops_speedup,1.273\nllama-2-7b,sleb,SLEB,latency_speedup,1.1\n")
+    frame, analogous = build_audit(paper, {"table1": table_csv(tmp / "table1.csv", rows), "table10": str(speed)})
     return frame.set_index("claim_id"), analogous
 
 
@@ -94,6 +98,16 @@ def test_paper_models_join_evaluated_cells(paper_audit):
     assert frame.loc["T01/LLaMA-2-7B/Ours/RP", "reproduced_verdict"] == "agrees"  # 88.0 vs 89.9
     ratio = frame.loc["T01/LLaMA-2-7B/Ours/pruning_ratio"]
     assert float(ratio["reproduced"]) == pytest.approx(22.8) and ratio["reproduced_verdict"] == "agrees"
+
+
+def test_speedup_table_joins_table10(paper_audit):
+    frame, _ = paper_audit
+    flops = frame.loc["T10/LLaMA-2-7B/SLEB/FLOPs_G"]
+    assert (flops["reproduced"], flops["reproduced_verdict"]) == ("664.38", "agrees")
+    # The paper's Change column is the speed-up minus one (27.29); a true reduction, 21.44, is 5.85 points off.
+    change = frame.loc["T10/LLaMA-2-7B/SLEB/Change_pct"]
+    assert (change["claimed"], change["reproduced"], change["reproduced_verdict"]) == ("27.29", "21.44", "differs")
+    assert frame.loc["T10/LLaMA-2-7B/SLEB/SpeedUp_x", "reproduced_verdict"] == "agrees"  # 1.273 vs 1.27
 
 
 def test_embedded_models_are_analogous_not_judged(embedded, tmp_path):
