@@ -33,8 +33,8 @@ rule capture_hidden_states:
     threads: 4
     resources:
         gpu=1,
-        mem_mb=32000,
-        runtime=120,
+        mem_mb=sized_mem_mb(8000, piece_copies=3),
+        runtime=sized_runtime(20, 5),
     script:
         "../scripts/capture_hidden_states.py"
 
@@ -49,6 +49,8 @@ rule similarity:
         csv="results/similarity/{model}/{calibration}.csv",
     log:
         "logs/similarity/{model}/{calibration}.log",
+    benchmark:
+        "benchmarks/similarity/{model}/{calibration}.tsv"
     conda:
         "../../environment.yml"
     threads: 4

@@ -85,3 +85,57 @@ def table_inputs(wildcards):
         f"results/eval/{m}/{v}.json" for m in spec["models"] for v in spec["variants"]
     ]
 
+
+
+# -- resources sized from the model ----------------------------------------------------------------------------
+# Rules declare only portable resources (gpu, mem_mb, runtime); their sizes follow the model's parameter count
+# from its config json (kdp.flops), so a 13B job asks for more than a 2.7B one and a micro model for little.
+# A retried job (--retries) asks for proportionally more memory and time.
+MODEL_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
+
+
+def model_config_json(model):
+    """The model's transformers config: resources/model_configs/{model}.json, a path source, or the built base."""
+    from pathlib import Path
+
+    from kdp.flops import load_model_config, model_config_keys
+
+    if model in model_config_keys():
+        return load_model_config(model)
+    kind, _, ref = config["models"][model]["source"].partition(":")
+    for directory in [Path(ref)] * (kind == "path") + [Path(f"results/models/{model}/base")]:
+        if (directory / "config.json").is_file():
+            return load_model_config("config", directory)
+    return None  # an embedded model not built yet: small by construction, the floors apply
+
+
+def model_parameters(model):
+    """(all parameters, the largest single piece the capture holds: one decoder layer or the embeddings)."""
+    from kdp.flops import layer_parameters, model_parameters as count
+
+    model_config = model_config_json(model)
+    if model_config is None:
+        return 0, 0
+    embeddings = model_config.vocab_size * model_config.hidden_size
+    return count(model_config), max(layer_parameters(model_config), embeddings)
+
+
+def sized_mem_mb(floor_mb, model_copies=0.0, piece_copies=0.0):
+    """mem_mb: a floor plus copies of the whole model (runtime dtype) or of the capture's largest piece (fp32)."""
+
+    def mem_mb(wildcards, attempt):
+        whole, piece = model_parameters(wildcards.model)
+        weights = model_copies * whole * MODEL_BYTES[config["runtime"]["dtype"]] + piece_copies * piece * 4
+        return attempt * (floor_mb + int(weights / 2**20))
+
+    return mem_mb
+
+
+def sized_runtime(floor_minutes, minutes_per_billion):
+    """runtime in minutes: a floor plus a share proportional to the parameter count."""
+
+    def runtime(wildcards, attempt):
+        whole, _ = model_parameters(wildcards.model)
+        return attempt * (floor_minutes + int(minutes_per_billion * whole / 1e9))
+
+    return runtime

@@ -28,7 +28,7 @@ rule evaluate:
     threads: 4
     resources:
         gpu=1,
-        mem_mb=32000,
-        runtime=240,
+        mem_mb=sized_mem_mb(8000, model_copies=1.5),
+        runtime=sized_runtime(30, 15),
     script:
         "../scripts/evaluate.py"

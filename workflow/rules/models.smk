@@ -13,7 +13,7 @@ rule base_model:
         "../../environment.yml"
     threads: 4
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=sized_mem_mb(4000, model_copies=1),
+        runtime=sized_runtime(30, 10),
     script:
         "../scripts/base_model.py"

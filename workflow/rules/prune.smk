@@ -16,8 +16,8 @@ rule fit_block:
     threads: 4
     resources:
         gpu=1,
-        mem_mb=32000,
-        runtime=240,
+        mem_mb=sized_mem_mb(8000, model_copies=1.5),
+        runtime=sized_runtime(30, 15),
     script:
         "../scripts/fit_block.py"
 
@@ -36,7 +36,7 @@ rule prune:
     threads: 4
     resources:
         gpu=1,
-        mem_mb=64000,
-        runtime=480,
+        mem_mb=sized_mem_mb(8000, model_copies=2.5),
+        runtime=sized_runtime(60, 40),
     script:
         "../scripts/prune.py"
