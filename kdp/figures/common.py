@@ -1,12 +1,12 @@
 """What every figure shares: the Agg backend, one look, and byte-stable PNG/PDF output.
 
-Matplotlib stamps a creation date into PDFs and its version into PNGs; both are dropped, so the same inputs give
-the same bytes on a rerun (provenance goes into the files' description fields instead).
+Saving goes through `kdp.kdp_figures.save_figure` (Figures 3-5 use it too): no creation date in PDFs, no
+matplotlib version in PNGs, so the same inputs give the same bytes on a rerun; provenance goes into the files'
+description fields instead.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from kdp.io import atomic_path  # noqa: E402
+from kdp.kdp_figures import save_figure  # noqa: E402
 
-DPI = 150
 STYLE = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8, "svg.hashsalt": "kdp",
          "pdf.fonttype": 42}
 
@@ -30,15 +29,7 @@ def new_figure(rows: int, cols: int, width: float, height: float):
 
 
 def save_png_pdf(figure, out_png: str | Path, out_pdf: str | Path, provenance: Mapping[str, Any] | None = None) -> None:
-    text = json.dumps(dict(provenance or {}), sort_keys=True, default=str)
-    targets = (
-        (out_png, "png", {"Software": None, "Description": text}),
-        (out_pdf, "pdf", {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None, "Subject": text}),
-    )
-    for path, fmt, metadata in targets:
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata, bbox_inches="tight")
-    plt.close(figure)
+    save_figure(figure, {"png": out_png, "pdf": out_pdf}, dict(provenance or {}))
 
 
 def score_column(evals: Sequence[Mapping[str, Any]], benchmark: str) -> tuple[str, str]:
