@@ -105,8 +105,10 @@ def evaluated_values(config: dict, claims: ClaimsTables, table_csvs: Mapping[str
             continue
         methods = _method_names(claims, name)
         for cell in table_cells(_read_table_csv(path)):
-            model_spec = config["models"].get(cell["model"], {})
-            paper_method = methods.get(config["variants"].get(cell["variant"], {}).get("paper_method", ""))
+            if cell["model"] not in config["models"] or cell["variant"] not in config["variants"]:
+                continue  # a table rendered under another config
+            model_spec = config["models"][cell["model"]]
+            paper_method = methods.get(config["variants"][cell["variant"]].get("paper_method", ""))
             if paper_method is None:
                 continue
             origin = f"results/{table}.csv ({cell['model']}/{cell['variant']})"
