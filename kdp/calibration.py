@@ -218,7 +218,9 @@ def build(spec: dict[str, Any], tokenizer, seed: int, where: str) -> Calibration
         names += [source["name"]] * len(rows)
     lengths = [len(row) for row in ids_rows]
     if not ids_rows or max(lengths) < 2:
-        raise UserError(f"{where}: calibration set is empty or shorter than 2 tokens per sample")
+        raise UserError(f"{where}: calibration set has {len(ids_rows)} samples of at most {max(lengths, default=0)} "
+                        "tokens; allowed: at least 1 sample of at least 2 tokens (more samples, a longer max_length, "
+                        "or a source with text)")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     input_ids = torch.full((len(ids_rows), max_length), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(ids_rows), max_length), dtype=torch.long)

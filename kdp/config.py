@@ -56,6 +56,9 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
         allowed = ", ".join(sorted(error.schema.get("properties", {}))) or "none"
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         return f"config key {key}: unknown key(s) {', '.join(extra)}; allowed: {allowed}"
+    if validator in ("minItems", "minLength"):
+        unit = "item" if validator == "minItems" else "character"
+        return f"config key {key}: {error.instance!r} is too short; allowed: at least {error.validator_value} {unit}(s)"
     if validator == "required":
         return f"config key {key}: {error.message}"
     if validator == "pattern" and error.path and error.path[-1] == "source":

@@ -15,6 +15,10 @@ class UserError(Exception):
         super().__init__(" ".join(message.split()))
 
 
+class CorruptOutput(UserError):
+    """A stored result does not match its manifest (content hash or key); it is deleted so a rerun rebuilds it."""
+
+
 def bad_value(where: str, value: object, allowed: str | Iterable[object]) -> UserError:
     """``where`` names the config key or file; ``allowed`` is a description or the list of valid values."""
     if not isinstance(allowed, str):

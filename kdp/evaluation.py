@@ -60,8 +60,9 @@ def evaluate(
         task_manager = TaskManager(include_path=str(include_path), include_defaults=not offline)
         missing = [b.task for b in chosen if b.task not in task_manager.all_tasks]
         if missing:
-            raise UserError(f"{include_path}: no task file defines {', '.join(missing)}; rebuild the task folder "
-                            f"for benchmarks {', '.join(b.name for b in chosen)}")
+            raise UserError(f"{include_path}: no task file defines {', '.join(missing)}; allowed: a task folder "
+                            f"written by the build_tasks rule for benchmarks {', '.join(b.name for b in chosen)} "
+                            "(delete the folder and rerun to rebuild it)")
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
         output = simple_evaluate(
             model=lm,

@@ -50,14 +50,15 @@ def edge_layers(num_layers: int, edge_fraction: float) -> int:
     return int(round(edge_fraction * num_layers))
 
 
-def candidate_blocks(num_layers: int, k_max: int, edge_fraction: float) -> list[Block]:
+def candidate_blocks(num_layers: int, k_max: int, edge_fraction: float, where: str = "selection.k_max") -> list[Block]:
+    """``where`` names the config key ``k_max`` came from, for the error message."""
     if k_max < 1:
-        raise UserError(f"selection.k_max: {k_max} is not allowed; allowed: an integer >= 1")
+        raise UserError(f"{where}: {k_max} is not allowed; allowed: an integer >= 1")
     edge = edge_layers(num_layers, edge_fraction)
     eligible_first, eligible_last = edge, num_layers - 1 - edge
     if eligible_last - eligible_first + 1 < k_max:
         raise UserError(
-            f"selection.k_max: {k_max} is larger than the eligible span of {max(0, eligible_last - eligible_first + 1)}"
+            f"{where}: {k_max} is larger than the eligible span of {max(0, eligible_last - eligible_first + 1)}"
             f" layers (layers {eligible_first}..{eligible_last} of {num_layers} after excluding {edge} at each end);"
             f" allowed: 1..{max(1, eligible_last - eligible_first + 1)}"
         )
@@ -70,6 +71,7 @@ def select_blocks(
     total_parameters: int,
     target_ratio: float,
     max_blocks: int | None = None,
+    where: str = "target_ratio",
 ) -> list[Block]:
     """Best-scoring non-overlapping blocks until the removed parameters reach ``target_ratio`` of the model.
 
@@ -87,7 +89,7 @@ def select_blocks(
         removed += sum(layer_parameters[i] for i in block.layers)
     if max_blocks is None and removed < target_ratio * total_parameters:
         raise UserError(
-            f"target_ratio: {target_ratio} cannot be met with the allowed blocks (at most "
+            f"{where}: {target_ratio} cannot be met with the allowed blocks (at most "
             f"{removed / total_parameters:.3f} of the parameters are removable with non-overlapping blocks outside "
             "the excluded edge layers); allowed: a smaller target_ratio, a smaller selection.edge_fraction, or "
             "another selection.k_max"
@@ -103,7 +105,8 @@ def validate_manual_blocks(blocks: Sequence[Sequence[int]], num_layers: int, whe
             raise UserError(f"{where}[{position}]: {list(pair)} is not allowed; allowed: [first, last] with first <= last")
         block = Block(*pair)
         if block.first < 0 or block.last >= num_layers:
-            raise UserError(f"{where}[{position}]: block {list(pair)} is outside the model's layers 0..{num_layers - 1}")
+            raise UserError(f"{where}[{position}]: block {list(pair)} is outside the model's layers 0..{num_layers - 1};"
+                            f" allowed: [first, last] with 0 <= first <= last <= {num_layers - 1}")
         clash = next((other for other in parsed if other.overlaps(block)), None)
         if clash is not None:
             raise UserError(f"{where}[{position}]: block {list(pair)} overlaps block {[clash.first, clash.last]}; "

@@ -20,7 +20,7 @@ import torch
 from kdp import models
 from kdp.adapters import adapter_for
 from kdp.errors import UserError
-from kdp.io import atomic_path, read_json, write_json, write_text
+from kdp.io import atomic_path, read_json, verify_folder_manifest, write_folder_manifest, write_json, write_text
 from kdp.provenance import provenance
 
 log = logging.getLogger("kdp")
@@ -32,12 +32,13 @@ def run(step: Callable[..., Any], log_path: str, threads: int = 1, **kwargs: Any
 
     A `UserError` becomes one line on the terminal and exit status 1; its traceback stays in the log.
     """
-    terminal = sys.stderr
+    terminal, console = sys.stderr, sys.stdout
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", buffering=1, encoding="utf-8") as handle:
         sys.stdout = sys.stderr = handle
+        to_log = logging.StreamHandler(handle)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                            handlers=[logging.StreamHandler(handle)], force=True)
+                            handlers=[to_log], force=True)
         torch.set_num_threads(max(1, threads))
         try:
             step(**kwargs)
@@ -50,7 +51,10 @@ def run(step: Callable[..., Any], log_path: str, threads: int = 1, **kwargs: Any
             terminal.write(f"kdp-bench: {step.__name__} failed; the traceback is in {log_path}\n")
             raise SystemExit(1) from None
         finally:
-            sys.stdout, sys.stderr = sys.__stdout__, terminal
+            # Restore what was there before (a caller such as pytest may have replaced the streams itself), and
+            # stop logging into the file that is about to close.
+            sys.stdout, sys.stderr = console, terminal
+            logging.getLogger().removeHandler(to_log)
 
 
 def step_inputs(snakemake_input) -> dict[str, Any]:
@@ -88,10 +92,24 @@ def calibration(config: dict, model: str, name: str, base_dir: str, out_path: st
     manifest = models.base_manifest(Path(base_dir))
     tokenizer_at = models._location(Path(base_dir), manifest["tokenizer"])
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_at, trust_remote_code=True)
+    _check_tokenizer_fits(config, model, manifest, base_dir, tokenizer)
     built = calib.build(config["calibration"][name], tokenizer, config["seed"], f"config key calibration.{name}")
     built.meta["provenance"] = provenance(config, config["seed"], model=model)
     built.save(Path(out_path))
     log.info("calibration %s/%s: %d samples, %d tokens", model, name, built.num_samples, built.num_tokens)
+
+
+def _check_tokenizer_fits(config: dict, model: str, manifest: dict, base_dir: str, tokenizer) -> None:
+    """Token ids past the embedding would crash the first forward pass; the calibration step tokenises first."""
+    from transformers import AutoConfig
+
+    weights = models._location(Path(base_dir), manifest["weights"])
+    rows = getattr(AutoConfig.from_pretrained(weights, trust_remote_code=True), "vocab_size", None)
+    if rows is not None and len(tokenizer) > rows:
+        key = "tokenizer" if "tokenizer" in config["models"][model] else "source"
+        raise UserError(f"config key models.{model}.{key}: tokenizer {manifest['tokenizer']!r} has {len(tokenizer)} "
+                        f"tokens but the model's embedding has only {rows} rows; allowed: the tokenizer the model "
+                        "was trained with")
 
 
 def cache_key(config: dict, model: str, calibration_name: str, calibration_path: str) -> dict:
@@ -184,9 +202,12 @@ def select_blocks(config: dict, model: str, variant: str, similarity_npz: str, o
         blocks = validate_manual_blocks(manual, num_layers, f"config key selection.blocks.{model}")
         scores = {b: float(cka[b.first, b.last + 1]) for b in blocks}
     else:
-        candidates = candidate_blocks(num_layers, selection["k_max"], selection["edge_fraction"])
+        candidates = candidate_blocks(num_layers, selection["k_max"], selection["edge_fraction"],
+                                      _selection_key(config, model, variant, "k_max"))
         scores = {b: float(cka[b.first, b.last + 1]) for b in candidates}
-        blocks = choose(scores, layer_parameters, total, variant_target_ratio(config, variant), selection["max_blocks"])
+        ratio_key = f"variants.{variant}.target_ratio" if "target_ratio" in config["variants"][variant] else "target_ratio"
+        blocks = choose(scores, layer_parameters, total, variant_target_ratio(config, variant), selection["max_blocks"],
+                        where=f"config key {ratio_key} (model {model}, {num_layers} layers)")
     removed = sum(layer_parameters[i] for b in blocks for i in b.layers)
     write_json(out_json, {
         "model": model,
@@ -198,6 +219,18 @@ def select_blocks(config: dict, model: str, variant: str, similarity_npz: str, o
         "ratio_if_removed": removed / total,
         "provenance": provenance(config, config["seed"]),
     })
+
+
+def _selection_key(config: dict, model: str, variant: str, key: str) -> str:
+    """The config key a selection setting of this variant came from (most specific first), for error messages."""
+    method = config["variants"][variant]["method"]
+    layers = [(f"models.{model}.overrides.{method}.selection", config["models"][model].get("overrides", {}).get(method, {})),
+              (f"variants.{variant}.selection", config["variants"][variant]),
+              (f"methods.{method}.selection", config.get("methods", {}).get(method, {}))]
+    for name, values in layers:
+        if key in values.get("selection", {}):
+            return f"config key {name}.{key}"
+    return f"config key selection.{key}"
 
 
 def read_blocks(path: str) -> list:
@@ -225,10 +258,30 @@ def _context(config: dict, model: str, variant: str, base_dir: str, inputs: dict
     if inputs.get("blocks"):
         ctx.blocks = read_blocks(inputs["blocks"])
     if inputs.get("block_fits"):
+        fitted = params.get("reuse_fits_of") or variant
+        for path in inputs["block_fits"]:
+            verify_folder_manifest(path, fold_key(config, model, fitted, Path(path).name, ctx.hidden), "trained fold")
         ctx.block_fits = {_block_of(path): Path(path) for path in inputs["block_fits"]}
     if "teacher" in cls.requires:
         ctx.load_teacher = lambda: _load_base(config, base_dir)[0]
     return cls(params), ctx
+
+
+def fold_key(config: dict, model: str, variant: str, block: str, hidden) -> dict:
+    """What a trained fold depends on: the fitting variant's settings and the hidden states it was fitted to."""
+    from kdp.io import sha256_json
+    from kdp.provenance import package_versions
+    from kdp.registry import resolve_params
+
+    return {
+        "model": model,
+        "variant": variant,
+        "block": block,
+        "params_sha256": sha256_json(resolve_params(config, variant, model)[1]),
+        "hidden": hidden.manifest["key"] if hidden is not None else None,
+        "seed": config["seed"],
+        "code_version": package_versions()["kdp-bench"],
+    }
 
 
 def _block_of(path: str):
@@ -243,12 +296,17 @@ def fit_block(config: dict, model: str, variant: str, block: str, base_dir: str,
 
     _seed_everything(config["seed"])
     method, ctx = _context(config, model, variant, base_dir, inputs)
+    samples = ctx.hidden.shape[0]
+    if samples < 2:  # a block fit holds samples out to measure its reconstruction, so it needs two at least
+        raise UserError(f"config key calibration.{method.params['calibration']}: {samples} sample(s) to fit block "
+                        f"{block} of variant {variant!r}; allowed: at least 2 samples")
     started = time.perf_counter()
     with atomic_path(out_dir, directory=True) as tmp:
         record = method.fit_block(ctx, Block.from_tag(block), tmp)
         record["seconds"] = time.perf_counter() - started
         record["provenance"] = provenance(config, config["seed"], model=model, variant=variant, block=block)
         write_json(tmp / "record.json", record)
+        write_folder_manifest(tmp, fold_key(config, model, variant, block, ctx.hidden))
 
 
 def prune(config: dict, model: str, variant: str, base_dir: str, inputs: dict[str, Any], out_dir: str) -> None:

@@ -7,6 +7,8 @@ rule calibration:
         base="results/models/{model}/base",
     output:
         "results/calib/{model}/{calibration}.safetensors",
+    params:
+        settings=calibration_settings,
     log:
         "logs/calibration/{model}/{calibration}.log",
     conda:
@@ -24,6 +26,8 @@ rule capture_hidden_states:
         calibration="results/calib/{model}/{calibration}.safetensors",
     output:
         directory("results/hidden/{model}/{calibration}"),
+    params:
+        settings=capture_settings,
     log:
         "logs/capture_hidden_states/{model}/{calibration}.log",
     benchmark:
@@ -47,6 +51,8 @@ rule similarity:
     output:
         npz="results/similarity/{model}/{calibration}.npz",
         csv="results/similarity/{model}/{calibration}.csv",
+    params:
+        settings=similarity_settings,
     log:
         "logs/similarity/{model}/{calibration}.log",
     benchmark:
@@ -66,6 +72,8 @@ checkpoint select_blocks:
         similarity=f"results/similarity/{{model}}/{CAPTURE_CALIBRATION}.npz",
     output:
         "results/blocks/{model}/{variant}.json",
+    params:
+        settings=variant_settings,
     log:
         "logs/select_blocks/{model}/{variant}.log",
     localrule: True

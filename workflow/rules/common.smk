@@ -30,6 +30,48 @@ wildcard_constraints:
     block=r"block_\d+_\d+",
 
 
+# Snakemake reruns a job when its code, inputs or params change, never when only the config does. Each rule's
+# `params: settings=` is a digest of the config it reads, so a changed key (max_length, seed, a method setting)
+# rebuilds the outputs built for the old one instead of silently reusing them.
+def _digest(*values):
+    from kdp.io import sha256_json
+
+    return sha256_json([config["seed"], *values])[:16]
+
+
+def model_settings(wildcards):
+    return _digest(config["models"][wildcards.model])
+
+
+def calibration_settings(wildcards):
+    return _digest(config["calibration"][wildcards.calibration])
+
+
+def capture_settings(wildcards):
+    return _digest(config["capture"], config["runtime"])
+
+
+def similarity_settings(wildcards):
+    return _digest(config["similarity"])
+
+
+def variant_settings(wildcards):
+    from kdp.registry import variant_target_ratio
+
+    _, params = method_of(wildcards.variant, wildcards.model)
+    ratio = variant_target_ratio(config, wildcards.variant)
+    return _digest(config["runtime"], config["selection"], ratio, params)
+
+
+def tasks_settings(wildcards):
+    return _digest(config["evaluation"]["suite"], config["evaluation"]["benchmarks"])
+
+
+def evaluation_settings(wildcards):
+    benchmarks = config["variants"][wildcards.variant].get("benchmarks")
+    return _digest(config["runtime"], config["evaluation"], benchmarks)
+
+
 def method_of(variant, model):
     cls, params = resolve_params(config, variant, model)
     return cls, params

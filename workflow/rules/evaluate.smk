@@ -4,6 +4,8 @@
 rule build_tasks:
     output:
         directory(f"results/tasks/{config['evaluation']['suite']}"),
+    params:
+        settings=tasks_settings,
     log:
         "logs/build_tasks.log",
     localrule: True
@@ -19,6 +21,8 @@ rule evaluate:
         tasks=f"results/tasks/{config['evaluation']['suite']}",
     output:
         "results/eval/{model}/{variant}.json",
+    params:
+        settings=evaluation_settings,
     log:
         "logs/evaluate/{model}/{variant}.log",
     benchmark:

@@ -5,6 +5,8 @@
 rule base_model:
     output:
         directory("results/models/{model}/base"),
+    params:
+        settings=model_settings,
     log:
         "logs/base_model/{model}.log",
     benchmark:

@@ -7,6 +7,8 @@ rule fit_block:
         unpack(fit_inputs),
     output:
         directory("results/kdp/{model}/{variant}/{block}"),
+    params:
+        settings=variant_settings,
     log:
         "logs/fit_block/{model}/{variant}/{block}.log",
     benchmark:
@@ -27,6 +29,8 @@ rule prune:
         unpack(method_inputs),
     output:
         directory("results/models/{model}/{variant}"),
+    params:
+        settings=variant_settings,
     log:
         "logs/prune/{model}/{variant}.log",
     benchmark:
