@@ -162,3 +162,17 @@ def test_malformed_claims_csv_is_one_line(tmp_path, old, new, message):
         audit.audit_paper(claims)
     assert message in str(caught.value) and str(path) in str(caught.value)
     assert "allowed:" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_paper_profile_plans_audit_from_tables_only():
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "snakemake", "-n", "--configfile=config/paper.yaml", "results/audit_report.md"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    audit_job = out.split("rule audit:")[1].split("output:")[0]
+    assert "results/table1.csv" in audit_job and "results/eval/" not in audit_job
+    report_job = out.split("rule audit_report:")[1].split("output:")[0]
+    assert all(f"results/figures/figure{n}.png" in report_job for n in (1, 6, 7, 8))
