@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from kdp.errors import UserError
 from kdp.figures.common import new_figure, save_png_pdf
@@ -46,6 +47,8 @@ def plot_similarity(npz_by_label: Mapping[str, str | Path], out_png: str | Path,
             axis.set_title(f"{label}: {name}")
             axis.set_xlabel("hidden state (0 = embeddings)")
             axis.set_ylabel("hidden state")
+            for ticks in (axis.xaxis, axis.yaxis):
+                ticks.set_major_locator(MaxNLocator(integer=True))
     figure.colorbar(image, ax=[a for row in axes for a in row], shrink=0.8, label="similarity")
     if title:
         figure.suptitle(title)
