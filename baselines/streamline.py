@@ -60,6 +60,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from kdp.adapters import ModelAdapter
 from kdp.calibration import CalibrationSet
@@ -312,7 +313,7 @@ def train_module(module: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor],
     best = (history["validation"][0], _state(module), 0)
     step = 0
     module.train()
-    for _ in range(recipe.epochs):
+    for _ in tqdm(range(recipe.epochs), desc=f"{label} training", unit="epoch"):
         order = torch.randperm(train.num_samples, generator=generator)
         for start in range(0, train.num_samples, recipe.batch_size * recipe.grad_accum):
             step_rows = order[start : start + recipe.batch_size * recipe.grad_accum]

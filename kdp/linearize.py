@@ -50,6 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from kdp.errors import UserError, bad_value
 from kdp.fold import ACTIVATIONS, FoldedBlock, InverseNetwork, LinearFold
@@ -523,7 +524,7 @@ def fit_kernel_linearization(data: BlockData, config: KDPConfig) -> tuple[Learna
     epochs = [{"epoch": 0, **_evaluate_linearization(kernel, operators, evaluation, config, weights)}]
     best = (epochs[0]["loss"], 0, copy.deepcopy(kernel.state_dict()), copy.deepcopy(operators.state_dict()))
     stopped = "max_epochs"
-    for epoch in range(config.kernel_max_epochs):
+    for epoch in tqdm(range(config.kernel_max_epochs), desc="KDP kernel linearization", unit="epoch"):
         epoch_began = time.perf_counter()
         if config.ols_reinit == "epoch" and epoch > 0:
             _reinitialize_operators(kernel, operators, train, config)
@@ -700,7 +701,7 @@ def fit_inverse_network(
     _initialize_inverse(training, features_of(first.states[0]), training.to_loss_space(first.states[-1]))
     optimizer = torch.optim.Adam(inverse.parameters(), lr=config.inverse_lr)
     epochs = [{"epoch": 0, **evaluate()}]
-    for epoch in range(config.inverse_epochs):
+    for epoch in tqdm(range(config.inverse_epochs), desc="KDP inverse network", unit="epoch"):
         epoch_began = time.perf_counter()
         train_loss, train_tokens = 0.0, 0
         for batch in _batches(train, config.inverse_batch_samples, config, shuffle_seed=config.seed + epoch):
