@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--slack-mib", type=float, default=256.0, help="the small constant of the bound")
+    parser.add_argument("--slack-mib", type=float, default=512.0, help="the small constant of the bound")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "WORKDIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

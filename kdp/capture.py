@@ -5,10 +5,11 @@ SparseGPT process a model): it keeps one layer's activations for all samples in 
 memory-mapped ``.npy`` file, and moves on. ``h_0`` is the input of layer 0 (the embeddings), ``h_i`` the output of
 layer ``i-1``; all are taken **before** the final norm, which is what block similarity and the KDP fit need.
 
-Weights are bounded too: for a base model stored as safetensors (embedded, hub and path sources alike),
-`open_layerwise` builds the model with empty (meta) decoder layers and `capture` materialises one layer's
-weights from the shards right before running it and drops them right after, so the capture holds the
-embeddings, one decoder layer and one layer's activations, never the whole model.
+Weights are bounded too: for a base model stored as safetensors or ``.bin`` shards (embedded, hub and path
+sources alike), `open_layerwise` builds the model with empty (meta) decoder layers and `capture` materialises
+one layer's weights from the shards right before running it and drops them right after, so the capture holds
+the embeddings (until the layer inputs exist), then one decoder layer and one layer's activations, never the
+whole model.
 
 The cache directory carries a manifest with the key it was built for (model, calibration set, max length, code
 version, storage dtype) and a SHA-256 per file; `HiddenStates.open` rejects a cache whose key differs and checks a
@@ -95,15 +96,15 @@ class StreamedLayers:
 def open_layerwise(weights_dir: Path, dtype: torch.dtype, device: torch.device) -> tuple[ModelAdapter, LayerSource]:
     """A model whose decoder layers are empty until `StreamedLayers` fills them; embeddings are loaded.
 
-    Falls back to a full load (`ResidentLayers`) when the weights are not in safetensors form (old ``.bin``
-    checkpoints), since only safetensors can be read one tensor at a time without unpickling everything.
+    Falls back to a full load (`ResidentLayers`) only when ``weights_dir`` holds no checkpoint files at all
+    (e.g. a hub id whose weights ``from_pretrained`` fetches itself).
     """
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from kdp.adapters import adapter_for
 
-    shards = safetensors_index(Path(weights_dir))
+    shards = checkpoint_index(Path(weights_dir))
     if shards is None:
         model = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=dtype, trust_remote_code=True).to(device)
         return adapter_for(model.eval()), ResidentLayers()
@@ -122,16 +123,30 @@ def open_layerwise(weights_dir: Path, dtype: torch.dtype, device: torch.device) 
     return adapter, StreamedLayers(adapter, located, layers_prefix, device, dtype)
 
 
-def safetensors_index(weights_dir: Path) -> dict[str, Path] | None:
-    """checkpoint key -> shard file, or None when the directory holds no safetensors weights."""
-    index = weights_dir / "model.safetensors.index.json"
-    if index.is_file():
-        return {k: weights_dir / f for k, f in json.loads(index.read_text())["weight_map"].items()}
-    single = weights_dir / "model.safetensors"
-    if not single.is_file():
-        return None
-    with open(single, "rb") as handle:
-        return {k: single for k in _header(handle)[1] if k != "__metadata__"}
+CHECKPOINTS = (("model.safetensors.index.json", "model.safetensors"), ("pytorch_model.bin.index.json", "pytorch_model.bin"))
+
+
+def checkpoint_index(weights_dir: Path) -> dict[str, Path] | None:
+    """checkpoint key -> shard file (safetensors preferred, else ``.bin``), or None when there is neither."""
+    for index_name, single_name in CHECKPOINTS:
+        index, single = weights_dir / index_name, weights_dir / single_name
+        if index.is_file():
+            return {k: weights_dir / f for k, f in json.loads(index.read_text())["weight_map"].items()}
+        if single.is_file():
+            return dict.fromkeys(_shard_keys(single), single)
+    return None
+
+
+def _shard_keys(shard: Path) -> list[str]:
+    if shard.suffix == ".bin":
+        return list(_load_bin(shard))
+    with open(shard, "rb") as handle:
+        return [k for k in _header(handle)[1] if k != "__metadata__"]
+
+
+def _load_bin(shard: Path) -> dict[str, torch.Tensor]:
+    # mmap: only the tensors a layer asks for are ever paged in, like a safetensors read.
+    return torch.load(shard, map_location="cpu", mmap=True, weights_only=True)
 
 
 def _header(handle) -> tuple[int, dict]:
@@ -154,13 +169,25 @@ def _read_state(wanted: dict[str, tuple[str, Path]], device: torch.device, dtype
     """
     state = {}
     for shard in sorted({shard for _, shard in wanted.values()}):
+        if shard.suffix == ".bin":
+            state.update(_read_bin(shard, wanted, device, dtype))
+            continue
         with open(shard, "rb") as handle:
             data_start, header = _header(handle)
             for name, (key, at) in wanted.items():
                 if at == shard:
-                    tensor = _read_tensor(handle, data_start, header[key])
-                    state[name] = tensor.to(device, dtype if tensor.is_floating_point() else tensor.dtype)
+                    state[name] = _converted(_read_tensor(handle, data_start, header[key]), device, dtype)
     return state
+
+
+def _read_bin(shard: Path, wanted: dict[str, tuple[str, Path]], device: torch.device, dtype: torch.dtype) -> dict:
+    stored = _load_bin(shard)
+    # clone(): the copy must not keep the mapping (and its paged-in bytes) alive once the shard is closed.
+    return {name: _converted(stored[key], device, dtype).clone() for name, (key, at) in wanted.items() if at == shard}
+
+
+def _converted(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return tensor.to(device, dtype if tensor.is_floating_point() else tensor.dtype)
 
 
 def _read_tensor(handle, data_start: int, entry: dict) -> torch.Tensor:

@@ -168,9 +168,13 @@ def weights_directory(base_dir: Path) -> Path:
         return Path(location)
     from huggingface_hub import snapshot_download
 
-    # Only what a layer-by-layer load reads: configs, custom code, safetensors shards (no .bin duplicates).
-    return Path(snapshot_download(location, revision=manifest["details"].get("revision"),
-                                  allow_patterns=["*.json", "*.py", "*.safetensors"]))
+    # Only what a layer-by-layer load reads: configs, custom code and one weight format (safetensors if the repo
+    # has them; the OPT repos only have .bin), never both.
+    revision = manifest["details"].get("revision")
+    snapshot = Path(snapshot_download(location, revision=revision, allow_patterns=["*.json", "*.py", "*.safetensors"]))
+    if any(snapshot.glob("*.safetensors")):
+        return snapshot
+    return Path(snapshot_download(location, revision=revision, allow_patterns=["*.json", "*.py", "*.bin"]))
 
 
 def _location(anchor: Path, ref: str) -> str:

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from kdp.adapters import adapter_for
 from kdp.calibration import CalibrationSet
-from kdp.capture import HiddenStates, ResidentLayers, StreamedLayers, capture, open_layerwise, safetensors_index
+from kdp.capture import HiddenStates, StreamedLayers, capture, checkpoint_index, open_layerwise
 from tests.conftest import MICRO_MODELS
 
 
@@ -42,7 +42,7 @@ class _Watched(StreamedLayers):
 def test_layerwise_capture_matches_whole_model(tmp_path, family, shard):
     model = MICRO_MODELS[family]()
     model.save_pretrained(tmp_path / "base", **({"max_shard_size": shard} if shard else {}))
-    assert (len(set(safetensors_index(tmp_path / "base").values())) > 1) == bool(shard)
+    assert (len(set(checkpoint_index(tmp_path / "base").values())) > 1) == bool(shard)
     calib = _calibration()
     capture(adapter_for(model), calib, tmp_path / "whole", {"k": 1}, "float32", batch_size=2)
 
@@ -61,8 +61,9 @@ def test_layerwise_capture_matches_whole_model(tmp_path, family, shard):
     assert np.abs(whole[-1] - whole[0]).max() > 0.1  # the layers really ran
 
 
-def test_base_model_checkpoint_keys_and_bin_fallback(tmp_path):
-    """A checkpoint of the bare backbone (keys without ``model.``) streams too; no safetensors means a full load."""
+def test_bare_backbone_and_bin_checkpoints_stream_too(tmp_path):
+    """Keys without ``model.`` (a backbone checkpoint) and ``.bin`` checkpoints (the OPT hub repos) stream too;
+    a directory without any checkpoint file falls back to a full load."""
     model = MICRO_MODELS["opt"]()
     model.save_pretrained(tmp_path / "full")
     bare = tmp_path / "bare"
@@ -76,5 +77,11 @@ def test_base_model_checkpoint_keys_and_bin_fallback(tmp_path):
 
     (tmp_path / "full" / "model.safetensors").rename(tmp_path / "elsewhere.safetensors")
     torch.save(model.state_dict(), tmp_path / "full" / "pytorch_model.bin")
-    _, fallback = open_layerwise(tmp_path / "full", torch.float32, torch.device("cpu"))
-    assert isinstance(fallback, ResidentLayers)
+    adapter, layers = open_layerwise(tmp_path / "full", torch.float32, torch.device("cpu"))
+    assert isinstance(layers, StreamedLayers)
+    capture(adapter, calib, tmp_path / "bin_states", {}, "float32", batch_size=5, layers=layers)
+    np.testing.assert_array_equal(_states(tmp_path / "bin_states")[-1], _states(tmp_path / "whole")[-1])
+
+    (tmp_path / "full" / "pytorch_model.bin").unlink()
+    with pytest.raises(OSError):  # no checkpoint file: the full-load fallback, which needs weights to exist
+        open_layerwise(tmp_path / "full", torch.float32, torch.device("cpu"))
