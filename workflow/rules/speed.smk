@@ -17,7 +17,7 @@ rule speed:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=64000,
-        runtime=30,
+        mem_mb=sized_mem_mb(8000, model_copies=2),
+        runtime=sized_runtime(15, 3),
     script:
         "../scripts/speed.py"
