@@ -18,6 +18,8 @@ file's hash the first time it is read, so a truncated or bit-flipped file is det
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -86,11 +88,31 @@ class StreamedLayers:
 
     def release(self, index: int) -> None:
         self.adapter.layers[index].to("meta")
+        _return_freed_memory()
 
     def embedded(self) -> None:
         for module in self.adapter.model.modules():
             for name, param in module.named_parameters(recurse=False):
                 module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=False)
+        _return_freed_memory()
+
+
+def _return_freed_memory() -> None:
+    """Hand freed heap pages back to the OS. glibc keeps them for reuse, and with activation batches of a new
+    size every layer the resident set would creep up layer by layer (about 20 MiB per 7B layer) although
+    nothing leaks; elsewhere than glibc this is a no-op."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _libc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
 
 
 def open_layerwise(weights_dir: Path, dtype: torch.dtype, device: torch.device) -> tuple[ModelAdapter, LayerSource]:
