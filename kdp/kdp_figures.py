@@ -1,7 +1,8 @@
 """Figures 3, 4 and 5 of the paper, drawn from the per-block KDP fit records (results/kdp/{model}/{variant}/block_*/).
 
 * Figure 3 (training dynamics): Step 1 loss (train and held-out), Step 1 held-out k-step cosine between the
-  predicted (A_k ... A_1) phi(h_l) and the true phi(h_{l+k}), and the Step 2 loss (train, held-out MSE).
+  predicted (A_k ... A_1) phi(h_l) and the true phi(h_{l+k}), and the Step 2 loss: the training loss in the space
+  it is trained in (``inverse_loss_space``) and the held-out MSE of the fold in residual-stream units.
 * Figure 4 (kernel-space representations): for one held-out sample, token rows 0, 25 and 50 of the predicted and
   the true phi(h_{l+k}), each reshaped to a near-square grid (32 x 32 for 2m = 1024), and their difference; the
   first two panels of a row share one colour range, as in the paper.
@@ -84,9 +85,9 @@ def figure3(fits: list[tuple[str, dict]], title: str = ""):
         step2 = record["step2"]["epochs"]
         trained2 = [e for e in step2 if "train_loss" in e]
         inverse.plot([e["epoch"] for e in trained2], [e["train_loss"] for e in trained2], color=color, ls="--",
-                     label=f"{label} train (MSE + L_norm)")
+                     label=f"{label} train, MSE + L_norm (training space)")
         inverse.plot([e["epoch"] for e in step2], [e["mse"] for e in step2], color=color,
-                     label=f"{label} held-out MSE")
+                     label=f"{label} held-out MSE (residual-stream units)")
     loss.set(title="(a) Step 1 loss (Eq. 5)", xlabel="epoch", ylabel="loss", yscale="log")
     cosine.set(title="(b) Step 1 held-out k-step cosine", xlabel="epoch", ylabel="cos(P phi(h_l), phi(h_l+k))")
     inverse.set(title="(c) Step 2 loss (Eq. 6)", xlabel="epoch", ylabel="loss", yscale="log")
