@@ -85,3 +85,17 @@ def test_bare_backbone_and_bin_checkpoints_stream_too(tmp_path):
     (tmp_path / "full" / "pytorch_model.bin").unlink()
     with pytest.raises(OSError):  # no checkpoint file: the full-load fallback, which needs weights to exist
         open_layerwise(tmp_path / "full", torch.float32, torch.device("cpu"))
+
+
+def test_bfloat16_layerwise_capture_matches_a_bfloat16_whole_model_load(tmp_path):
+    """The GPU runtime dtype: shards are cast the way from_pretrained casts them (rotary buffers stay float32)."""
+    from transformers import AutoModelForCausalLM
+
+    MICRO_MODELS["llama"]().save_pretrained(tmp_path / "base")
+    whole = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.bfloat16).eval()
+    calib = _calibration()
+    capture(adapter_for(whole), calib, tmp_path / "whole", {}, "float32", batch_size=2)
+    adapter, layers = open_layerwise(tmp_path / "base", torch.bfloat16, torch.device("cpu"))
+    capture(adapter, calib, tmp_path / "streamed", {}, "float32", batch_size=2, layers=layers)
+    for expected, got in zip(_states(tmp_path / "whole"), _states(tmp_path / "streamed"), strict=True):
+        np.testing.assert_array_equal(got, expected)
