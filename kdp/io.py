@@ -132,9 +132,11 @@ def write_folder_manifest(folder: str | os.PathLike, key: dict[str, Any]) -> Non
     write_json(folder / FOLDER_MANIFEST, {"key": key, "sha256": {name: sha256_file(folder / name) for name in files}})
 
 
-def verify_folder_manifest(folder: str | os.PathLike, expected_key: dict[str, Any], what: str) -> None:
+def verify_folder_manifest(folder: str | os.PathLike, expected_key: dict[str, Any], what: str,
+                           unchecked: tuple[str, ...] = ()) -> None:
     """Raise `CorruptOutput` (after deleting ``folder``, so a rerun rebuilds it) unless every recorded file is
-    present with its recorded hash and the folder was built for ``expected_key``."""
+    present with its recorded hash and the folder was built for ``expected_key`` (ignoring the ``unchecked`` keys,
+    which the caller cannot know)."""
     from kdp.errors import CorruptOutput
 
     folder = Path(folder)
@@ -148,11 +150,12 @@ def verify_folder_manifest(folder: str | os.PathLike, expected_key: dict[str, An
                if not (folder / name).is_file() or sha256_file(folder / name) != digest]
         if bad:
             problem = f"file {bad[0]} is missing or does not match its recorded SHA-256 (truncated or corrupted)"
-        elif manifest.get("key") != expected_key:
-            changed = sorted(k for k in {*expected_key, *manifest.get("key", {})}
-                             if expected_key.get(k) != manifest.get("key", {}).get(k))
-            problem = f"was built for another configuration (differs in {', '.join(changed)})"
         else:
-            return
+            recorded_key = manifest.get("key") or {}
+            changed = sorted(k for k in {*expected_key, *recorded_key}
+                             if k not in unchecked and expected_key.get(k) != recorded_key.get(k))
+            if not changed:
+                return
+            problem = f"was built for another configuration (differs in {', '.join(changed)})"
     shutil.rmtree(folder, ignore_errors=True)
     raise CorruptOutput(f"{folder}: {what} {problem}; it was deleted, rerun the same command to rebuild it")
