@@ -355,7 +355,7 @@ def test_seed_is_recorded_in_every_result(baseline):
     records = [*(baseline / "results/eval").rglob("*.json"),
                *(baseline / "results/models").glob("*/*/kdp_variant.json"),
                *(baseline / "results/blocks").rglob("*.json"), *(baseline / "results/kdp").rglob("record.json")]
-    assert len(records) == 7
+    assert len(records) == 6  # 2 evaluations, 2 variants, 1 block choice, 1 fold
     for path in records:
         assert json.loads(path.read_text())["provenance"]["seed"] == seed, path
     for path in (baseline / "results").rglob("*.csv"):
