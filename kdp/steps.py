@@ -92,19 +92,35 @@ def calibration(config: dict, model: str, name: str, base_dir: str, out_path: st
     manifest = models.base_manifest(Path(base_dir))
     tokenizer_at = models._location(Path(base_dir), manifest["tokenizer"])
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_at, trust_remote_code=True)
-    _check_tokenizer_fits(config, model, manifest, base_dir, tokenizer)
-    built = calib.build(config["calibration"][name], tokenizer, config["seed"], f"config key calibration.{name}")
+    model_config = _base_config(manifest, base_dir)
+    _check_tokenizer_fits(config, model, manifest, model_config, tokenizer)
+    spec = _within_context(config["calibration"][name], model_config, f"{model}/{name}")
+    built = calib.build(spec, tokenizer, config["seed"], f"config key calibration.{name}")
     built.meta["provenance"] = provenance(config, config["seed"], model=model)
     built.save(Path(out_path))
     log.info("calibration %s/%s: %d samples, %d tokens", model, name, built.num_samples, built.num_tokens)
 
 
-def _check_tokenizer_fits(config: dict, model: str, manifest: dict, base_dir: str, tokenizer) -> None:
-    """Token ids past the embedding would crash the first forward pass; the calibration step tokenises first."""
+def _base_config(manifest: dict, base_dir: str):
     from transformers import AutoConfig
 
-    weights = models._location(Path(base_dir), manifest["weights"])
-    rows = getattr(AutoConfig.from_pretrained(weights, trust_remote_code=True), "vocab_size", None)
+    return AutoConfig.from_pretrained(models._location(Path(base_dir), manifest["weights"]), trust_remote_code=True)
+
+
+def _within_context(spec: dict, model_config, where: str) -> dict:
+    """A calibration window longer than the model's context would index past its position table (OPT) or run it
+    out of distribution, so a set written for long-context models (e.g. ShortGPT's 256 tokens) is cut to fit."""
+    context = getattr(model_config, "max_position_embeddings", None)
+    if context is None or spec["max_length"] <= context:
+        return spec
+    log.warning("calibration %s: max_length %d exceeds the model's context of %d tokens; using %d",
+                where, spec["max_length"], context, context)
+    return {**spec, "max_length": context}
+
+
+def _check_tokenizer_fits(config: dict, model: str, manifest: dict, model_config, tokenizer) -> None:
+    """Token ids past the embedding would crash the first forward pass; the calibration step tokenises first."""
+    rows = getattr(model_config, "vocab_size", None)
     if rows is not None and len(tokenizer) > rows:
         key = "tokenizer" if "tokenizer" in config["models"][model] else "source"
         raise UserError(f"config key models.{model}.{key}: tokenizer {manifest['tokenizer']!r} has {len(tokenizer)} "
