@@ -52,9 +52,9 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.Compl
                           timeout=timeout)
 
 
-def new_workdir(path: Path, config: dict | None = None) -> Path:
+def new_workdir(path: Path) -> Path:
     path.mkdir(parents=True)
-    (path / "micro.yaml").write_text(MICRO.read_text() if config is None else yaml.safe_dump(config))
+    shutil.copy(MICRO, path / "micro.yaml")
     return path
 
 
