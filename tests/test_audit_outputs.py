@@ -11,6 +11,7 @@ import pytest
 from kdp import audit, config as kdp_config
 from kdp.audit_report import OUTPUT_COLUMNS, audit_report, audit_tables, build_audit, read_audit_csv
 from kdp.errors import UserError
+from tests.latex import assert_compilable
 
 REPO = Path(__file__).resolve().parent.parent
 TABLE_FIELDS = "model,variant,label,ratio,benchmark,column,kind,value,stderr,chance,n"
@@ -134,6 +135,7 @@ def test_embedded_models_are_analogous_not_judged(embedded, tmp_path):
     first = text.split("## What does not hold")[1].split("\n| ")[2]
     assert first.startswith("T12/LLaMA-2-7B/Fold Block/FLOPs")
     tex = Path(out["audit.tex"]).read_text()
+    assert_compilable(tex)
     assert r"\begin{longtable}" in tex and r"T10/LLaMA-2-7B/ShortGPT/Change\_pct" in tex
     assert Path(out["audit.csv"]).read_text().startswith("# git_commit:")
 

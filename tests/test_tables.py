@@ -18,6 +18,7 @@ from kdp.errors import UserError
 from kdp.fold import FoldedBlock
 from kdp.speed import SpeedSettings, interleaved_medians, measure, model_spec_of, speed, speed_ratios
 from tests.conftest import micro_llama, micro_opt
+from tests.latex import assert_compilable
 
 REPO = Path(__file__).resolve().parent.parent
 CLAIMS = REPO / "resources" / "claims"
@@ -67,6 +68,7 @@ def test_table11_average_rp_on_dense_and_on_the_standard_fit(embedded):
              evaluation("kdp", {"bb_general_knowledge": 50.0, "kjv_cloze": 30.0}),
              evaluation("kdp_fewer", {"bb_general_knowledge": 44.0, "kjv_cloze": 28.0})]
     csv_text, tex = table_kinds.render(config, "table99", {"evals": evals})
+    assert_compilable(tex)
     table = frame(csv_text)
     assert set(table.loc[table["kind"] != "summary", "benchmark"]) == {"bb_general_knowledge", "kjv_cloze"}
     assert cells(table, variant="dense", benchmark="Avg").item() == pytest.approx(50.0)
@@ -94,6 +96,7 @@ def test_kmax_rows_carry_the_layers_each_variant_replaced(embedded):
     evals = [evaluation("kdp_kmax2", {"kjv_cloze": 35.0}), evaluation("kdp_kmax3", {"kjv_cloze": 31.0})]
     records = [record("kdp_kmax2", blocks=[(6, 7)]), record("kdp_kmax3", blocks=[(10, 12)])]
     csv_text, tex = table_kinds.render(config, "table99", {"evals": evals, "records": records})
+    assert_compilable(tex)
     table = frame(csv_text)
     assert table.set_index("variant").loc["kdp_kmax3", "pruned_layers"] == "[10,11,12]"
     assert "Pruned Layers" in tex and "[6,7]" in tex
@@ -110,6 +113,7 @@ def test_table5_blocks_from_the_block_choice_and_ratio_from_the_record(embedded)
     records = [record("kdp", ratio=0.228), record("kdp_peft", ratio=0.229), record("shortgpt", "shortgpt", 0.25,
                                                                                    removed=[20, 21])]
     csv_text, tex = table_kinds.render(config, "table99", {"records": records, "blocks": [choice]})
+    assert_compilable(tex)
     table = frame(csv_text)
     kdp = table[table["variant"] == "kdp"]
     assert kdp[["first", "last"]].values.tolist() == [[6, 7], [10, 11]]
@@ -125,6 +129,7 @@ def test_table8_totals_are_what_the_records_say(embedded):
                record("kdp_peft", "kdp", samples={"calibration": 256, "peft_train": 230}),
                record("dense", "dense", 0.0)]
     csv_text, tex = table_kinds.render(config, "table99", {"records": records})
+    assert_compilable(tex)
     table = frame(csv_text)
     totals = table[table["purpose"] == "total"].set_index("variant")
     assert totals["samples"].to_dict() == {"sleb": 8, "slicegpt": 64, "kdp_peft": 486, "dense": 0}
@@ -150,6 +155,7 @@ def test_table10_change_and_speedups(embedded):
         "speed": [f"results/speed/{MODEL}/dense.json", f"results/speed/{MODEL}/kdp.json"]}
     runs = [speed_run("dense", 800e9, 800e9, 0.1, 0.1), speed_run("kdp", 800e9, 600e9, 0.2, 0.16)]
     csv_text, tex = table_kinds.render(config, "table99", {"speed": runs})
+    assert_compilable(tex)
     kdp = frame(csv_text).query("variant == 'kdp'").set_index("quantity")["value"]
     assert kdp["flops_g"] == pytest.approx(600.0) and kdp["change_pct"] == pytest.approx(25.0)
     assert kdp["flops_speedup"] == pytest.approx(4 / 3, rel=1e-5)

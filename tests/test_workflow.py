@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
+
+from tests.latex import assert_compilable
 
 REPO = Path(__file__).resolve().parent.parent
 INTEGRATION = REPO / "tests" / "integration"
@@ -73,6 +76,6 @@ def test_micro_dag_runs_end_to_end(tmp_path):
     ratios = table1.groupby(["model", "variant"])["ratio"].first()
     assert all(ratios.loc[(m, "dense")] == 0 for m in ("micro-llama", "micro-opt"))
     assert all(ratios.loc[(m, v)] > 0.2 for m in ("micro-llama", "micro-opt") for v in ("wo_kernel", "kdp"))
-    tex = (workdir / "results" / "table1.tex").read_text()
-    assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
-    assert r"\toprule" in tex and r"\bottomrule" in tex
+    configured = yaml.safe_load((workdir / "config" / "config.yaml").read_text())["tables"]
+    for name in [*configured, "audit"]:
+        assert_compilable((workdir / "results" / f"{name}.tex").read_text())
