@@ -36,3 +36,22 @@ def score_column(evals: Sequence[Mapping[str, Any]], benchmark: str) -> tuple[st
     """(printed column name, score kind) of a benchmark, from the first evaluation that has it."""
     score = next((e["scores"][benchmark] for e in evals if benchmark in e["scores"]), None)
     return (score["column"], score["kind"]) if score else (benchmark, "accuracy")
+
+
+def style_score_axis(axis, column: str, kind: str, xlabel: str) -> None:
+    """Labels every score panel alike; perplexities on a log scale, where their spread lives."""
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(column + (" perplexity" if kind == "perplexity" else ""))
+    axis.set_title(column)
+    if kind == "perplexity":
+        axis.set_yscale("log")
+    axis.grid(alpha=0.3)
+
+
+def finish(figure, axes, title: str, out_png: str | Path, out_pdf: str | Path,
+           provenance: Mapping[str, Any] | None = None) -> None:
+    axes[0][-1].legend(loc="best")
+    if title:
+        figure.suptitle(title)
+    save_png_pdf(figure, out_png, out_pdf, provenance)
+

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kdp.figures.common import new_figure, save_png_pdf, score_column
+from kdp.figures.common import finish, new_figure, score_column, style_score_axis
 
 
 def plot_kernel_size(evals: Sequence[Mapping[str, Any]], rff_dims: Mapping[tuple[str, str], int],
@@ -30,13 +30,5 @@ def plot_kernel_size(evals: Sequence[Mapping[str, Any]], rff_dims: Mapping[tuple
         axis.set_xscale("log", base=2)
         dims = sorted({d for d in rff_dims.values()})
         axis.set_xticks(dims, [str(d) for d in dims])
-        axis.set_xlabel("kernel size 2m")
-        axis.set_ylabel(column + (" perplexity" if kind == "perplexity" else ""))
-        axis.set_title(column)
-        if kind == "perplexity":
-            axis.set_yscale("log")
-        axis.grid(alpha=0.3)
-    axes[0][-1].legend(loc="best")
-    if title:
-        figure.suptitle(title)
-    save_png_pdf(figure, out_png, out_pdf, provenance)
+        style_score_axis(axis, column, kind, "kernel size 2m")
+    finish(figure, axes, title, out_png, out_pdf, provenance)

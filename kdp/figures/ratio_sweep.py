@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kdp.errors import UserError
-from kdp.figures.common import new_figure, save_png_pdf, score_column
+from kdp.figures.common import finish, new_figure, score_column, style_score_axis
 
 DENSE_METHOD = "dense"
 
@@ -48,13 +48,5 @@ def plot_ratio_sweep(evals: Sequence[Mapping[str, Any]], benchmarks: Sequence[st
         for (model, label), points in sweep_points(evals, benchmark, methods, labels).items():
             xs, ys = zip(*points)
             axis.plot([100 * x for x in xs], ys, marker="o", label=f"{model_labels[model]} {label}")
-        axis.set_xlabel("pruning ratio (%)")
-        axis.set_ylabel(column + (" perplexity" if kind == "perplexity" else ""))
-        axis.set_title(column)
-        if kind == "perplexity":
-            axis.set_yscale("log")
-        axis.grid(alpha=0.3)
-    axes[0][-1].legend(loc="best")
-    if title:
-        figure.suptitle(title)
-    save_png_pdf(figure, out_png, out_pdf, provenance)
+        style_score_axis(axis, column, kind, "pruning ratio (%)")
+    finish(figure, axes, title, out_png, out_pdf, provenance)
