@@ -32,6 +32,7 @@ from kdp.methods.drop_blocks import DropBlocks
 from kdp.methods.kdp import KDP
 from kdp.registry import PruneContext
 from kdp.selection import Block
+from tests.synthetic import random_calibration
 from tests.conftest import MICRO_MODELS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,12 +71,7 @@ def char_tokenizer():
 
 
 def calibration(samples: int = 32, length: int = 16) -> CalibrationSet:
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(4, 99, (samples, length), generator=generator)
-    mask = torch.ones_like(ids)
-    mask[::3, length // 2:] = 0
-    ids[mask == 0] = 3
-    return CalibrationSet(ids, mask, ["random"] * samples, {})
+    return random_calibration(samples, length, low=4, high=99, pad_id=3)
 
 
 def prune(name: str, root: Path):

@@ -27,6 +27,7 @@ from kdp.linearize import BlockData, KDPConfig, fit_kdp, reconstruction_metrics
 from kdp.methods.kdp import FOLD_CONFIG, FOLD_WEIGHTS, KERNEL_SAMPLE
 from kdp.registry import PruneContext, resolve_params
 from kdp.selection import Block
+from tests.synthetic import random_calibration
 from tests.conftest import micro_llama
 
 WIDTH, LAYERS, RFF, RANK, INVERSE_HIDDEN = 64, 6, 128, 4, 48
@@ -59,12 +60,7 @@ def _model() -> nn.Module:
 def _calibration(samples: int = 160, length: int = 16) -> CalibrationSet:
     """Random tokens, right-padded on every third sample. With fewer samples (48) the inverse network is
     data-starved and the fold ends up worse than plain removal on held-out tokens."""
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, 128, (samples, length), generator=generator)
-    mask = torch.ones_like(ids)
-    mask[::3, length // 2 :] = 0
-    ids[mask == 0] = 0
-    return CalibrationSet(ids, mask, ["random"] * samples, {})
+    return random_calibration(samples, length, low=3, high=128, pad_id=0)
 
 
 def _context(variant: str, model: nn.Module, hidden=None, fits=None) -> tuple:
