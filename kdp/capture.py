@@ -339,8 +339,10 @@ class HiddenStates:
             raise CorruptCache(f"{root}: hidden-state cache has no readable manifest ({error}); "
                                "it was deleted, rerun the same command to rebuild it") from error
         if expected_key is not None and manifest.get("key") != expected_key:
-            raise UserError(f"{root}: hidden-state cache was built for {manifest.get('key')}, not for {expected_key}; "
-                            "delete it (or let snakemake rebuild it) before using it")
+            # A stale cache is as unusable as a corrupt one, and leaving it would make every rerun fail the same way.
+            _discard(root)
+            raise CorruptCache(f"{root}: hidden-state cache was built for {manifest.get('key')}, not for "
+                               f"{expected_key}; it was deleted, rerun the same command to rebuild it")
         return cls(root, manifest)
 
     @property

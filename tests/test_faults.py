@@ -413,8 +413,9 @@ def test_hidden_states_built_for_another_key_are_refused(scenario):
     calibration = scenario / f"results/calib/{MODEL}/standard.safetensors"
     key = steps.cache_key(micro_config(), MODEL, "standard", str(calibration))
     HiddenStates.open(scenario / HIDDEN, key)
-    with pytest.raises(UserError, match="hidden-state cache was built for"):
+    with pytest.raises(UserError, match="hidden-state cache was built for .* it was deleted, rerun"):
         HiddenStates.open(scenario / HIDDEN, {**key, "max_length": 24})
+    assert not (scenario / HIDDEN).exists()
 
 
 def test_changed_key_rebuilds_everything_built_for_the_old_one(scenario):

@@ -72,6 +72,13 @@ def evaluation_settings(wildcards):
     return _digest(config["runtime"], config["evaluation"], benchmarks)
 
 
+def table_settings(wildcards):
+    # Titles and labels are printed, so a change to either re-renders the table.
+    spec = config["tables"][wildcards.table]
+    labels = [config["models"][m].get("label") for m in spec["models"]]
+    return _digest(spec, labels, [config["variants"][v] for v in spec["variants"]])
+
+
 def method_of(variant, model):
     cls, params = resolve_params(config, variant, model)
     return cls, params

@@ -13,6 +13,8 @@ rule table:
     output:
         csv="results/{table}.csv",
         tex="results/{table}.tex",
+    params:
+        settings=table_settings,
     log:
         "logs/table/{table}.log",
     wildcard_constraints:
