@@ -192,7 +192,8 @@ def likely_typo_in_block_layout(tables: ClaimsTables) -> Iterator[Finding]:
                            "no layer count is allowed by two printed numbers more than by any other"
                            if layers is None else "",
                            "no fold count is allowed by two printed numbers more than by any other"
-                           if folds is None and not agree else "", allowed), plan.model, "Ours")
+                           if folds is None and not agree else "", allowed,
+                           (fold_cells(tables, plan.model, "Params") or (None, ""))[1]), plan.model, "Ours")
 
 
 def _common_layout(readings: dict[str, set[Layout]]) -> bool:

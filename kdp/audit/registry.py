@@ -71,7 +71,7 @@ def run_rules(tables: ClaimsTables, rules: Iterable[str] | None = None) -> pd.Da
     if unknown:
         raise bad_value("audit rule", unknown[0], sorted(RULES))
     results: dict[str, list[Item]] = {}
-    for name in _with_inputs(names):
+    for name in _with_inputs(names, applicable(tables)):
         rule = RULES[name]
         if rule.is_review:
             read = rule.needs or [n for n in results if n in names or rules is None]
@@ -83,11 +83,12 @@ def run_rules(tables: ClaimsTables, rules: Iterable[str] | None = None) -> pd.Da
     return pd.DataFrame(rows, columns=list(AUDIT_COLUMNS))
 
 
-def _with_inputs(names: Sequence[str]) -> list[str]:
-    """``names`` plus the rules their reviews read, in registry order (a review after what it reads)."""
+def _with_inputs(names: Sequence[str], allowed: Sequence[str]) -> list[str]:
+    """``names`` plus the rules their reviews read that apply to the paper, in registry order (a review after
+    what it reads)."""
     wanted = set(names)
     for name in names:
-        wanted.update(RULES[name].needs or ())
+        wanted.update(need for need in RULES[name].needs or () if need in allowed)
     return [name for name in RULES if name in wanted]
 
 
