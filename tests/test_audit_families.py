@@ -295,7 +295,8 @@ def test_text_exponential_degradation(tmp_path, drops, verdict):
 
 @pytest.mark.parametrize("step2, verdict", [("64.0", CONSISTENT), ("60.0", INCONSISTENT)])
 def test_text_step2_on_par(tmp_path, step2, verdict):
-    table09 = [("LLaMA-2-7B", "Original", "HeSW", "65.1", 1), ("LLaMA-2-7B", "Barely Step 1 (5 Epoch)", "HeSW", "52.1", 2),
+    table09 = [("LLaMA-2-7B", "Original", "HeSW", "65.1", 1),
+               ("LLaMA-2-7B", "Barely Step 1 (5 Epoch)", "HeSW", "52.1", 2),
                ("LLaMA-2-7B", "Barely Step 2 (5 Epoch)", "HeSW", step2, 3)]
     frame = run(tmp_path, "text_step2_on_par", table09=table09, claims=[claim("C32", "qualitative")])
     assert frame.loc["C32", "verdict"] == verdict
@@ -317,9 +318,10 @@ def test_ratio_from_layer_spans(tmp_path):
 
 def test_claim_restates_cell_and_uncovered(tmp_path):
     columns = (*audit.SCHEMAS["claims"].columns, "restates")
-    claims_rows = [("S1", "Sec 1", "", "q", "55.0", "", "T02/m/Dense/A"), ("S2", "Sec 1", "", "q", "52.2", "",
-                                                                           "T02/m/Dense/A"),
-                   ("S3", "Sec 1", "", "q", "1.0", "", "T02/m/Dense/Z"), ("S4", "Sec 1", "about 90%", "q", "~90", "", "")]
+    claims_rows = [("S1", "Sec 1", "", "q", "55.0", "", "T02/m/Dense/A"),
+                   ("S2", "Sec 1", "", "q", "52.2", "", "T02/m/Dense/A"),
+                   ("S3", "Sec 1", "", "q", "1.0", "", "T02/m/Dense/Z"),
+                   ("S4", "Sec 1", "about 90%", "q", "~90", "", "")]
     folder = generic_folder(tmp_path, {"table2": ("scores", t01("m", "Dense", "0.0", {"A": "55.00"}), SCORES),
                                        "claims": ("claims", claims_rows, columns)})
     frame = audit.audit_paper(folder).set_index("claim_id")

@@ -151,6 +151,17 @@ def load_paper(directory: Path) -> Paper:
                  {str(name): schema for name, schema in tables.items()})
 
 
+def claims_folder_inputs(folder: str, root: str | Path) -> tuple[Path, list[Path]]:
+    """The config's ``audit.claims`` folder (relative to ``root`` unless absolute) and the files its audit reads:
+    its tables and paper.yaml. A missing folder or a bad paper.yaml is a UserError."""
+    path = Path(folder) if Path(folder).is_absolute() else Path(root) / folder
+    if not path.is_dir():
+        raise UserError(f"config key audit.claims: {folder!r} is not a folder; allowed: a claims folder such as "
+                        "resources/claims or resources/claims_shortgpt (docs/audit.md)")
+    paper = load_paper(path)
+    return path, [*(path / f"{name}.csv" for name in paper.tables), *path.glob(PAPER_FILE)]
+
+
 def load_claims(directory: str | Path = CLAIMS_DIR, names: Iterable[str] | None = None) -> ClaimsTables:
     """Read and validate the claims CSVs (every table the folder's paper lists unless ``names`` picks some)."""
     directory = Path(directory)

@@ -93,9 +93,10 @@ def _cell_typo(avg: Check, table_row: TableRow) -> Finding:
         candidate = Check("", "", "", avg.claimed, (*others, Printed.parse(text)), mean)
         if one_character_apart(str(cell), text) and holds(candidate):
             fixes.append(f"{bench} {cell} -> {text}")
+    typo = " or ".join(fixes) or "undecided (no single one-digit change fits)"
     return Finding(f"{avg.claim_id}/likely typo", avg.source, "which cell is off", f"Avg {avg.claimed}",
-                   "likely typo: " + (" or ".join(fixes) or "undecided (no single one-digit change fits)"), INCONSISTENT,
-                   "the RP agrees with this Avg, so a cell is the likely typo", avg.model, avg.method)
+                   f"likely typo: {typo}", INCONSISTENT, "the RP agrees with this Avg, so a cell is the likely typo",
+                   avg.model, avg.method)
 
 
 @audit_review("conflict resolution", needs=("same_values_across_tables",), generic=True)

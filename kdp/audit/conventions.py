@@ -44,10 +44,11 @@ def block_length_convention(tables: ClaimsTables) -> Iterator[Finding]:
     distinct = {offset for found in offsets.values() for offset in found}
     described = "; ".join(f"{where}: " + ", ".join(_counted(offset) for offset in sorted(found))
                           for where, found in offsets.items())
+    same_span = ("Table 4's K_max=3 row prunes [6,7], the same 2-layer span as Table 5's first LLaMA-2-7B block"
+                 if len(distinct) > 1 and "table05" in tables else "")
+    verdict = CONSISTENT if len(distinct) == 1 else INCONSISTENT
     yield Finding("K_max/k/layers per block", "; ".join(lines), "layers a block-length symbol stands for",
-                  "one convention", f"{len(distinct)} convention(s)", CONSISTENT if len(distinct) == 1 else INCONSISTENT,
-                  join(described, "Table 4's K_max=3 row prunes [6,7], the same 2-layer span as Table 5's first "
-                                  "LLaMA-2-7B block" if len(distinct) > 1 and "table05" in tables else ""))
+                  "one convention", f"{len(distinct)} convention(s)", verdict, join(described, same_span))
 
 
 def _counted(offset: int) -> str:

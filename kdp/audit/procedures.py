@@ -83,7 +83,6 @@ def derived_column_procedure(tables: ClaimsTables, items: Sequence[Item]) -> Ite
 
 def _review_column(table: str, quantity: str, checks: list[Check]) -> Iterator[Finding]:
     labels = list(dict.fromkeys(label for check in checks for label in _candidates(check)))
-    formulas = sorted({DERIVED[check.rule] for check in checks})
     procedures = [(label, mode) for label in labels for mode in MODES]
     matched = {procedure: [_reproduces(check, *procedure) for check in checks] for procedure in procedures}
     share = {procedure: sum(hits) / len(checks) for procedure, hits in matched.items()}
@@ -94,24 +93,14 @@ def _review_column(table: str, quantity: str, checks: list[Check]) -> Iterator[F
     enforced = inferred and (exact_inputs or chance <= CHANCE_CEILING)
     exceptions = [check for check, hit in zip(checks, matched[best]) if not hit] if enforced else []
     passing = [check for check in exceptions if holds(check)]
+    verdict, why = _verdict(inferred, enforced, exact_inputs, chance, len(passing), len(exceptions))
     ranking = "; ".join(f"{label}, {mode}: {sum(matched[(label, mode)])}/{len(checks)}"
                         for label, mode in sorted(procedures, key=lambda p: -share[p]))
-    if not inferred:
-        verdict, why = NOT_CHECKABLE, (f"no procedure reproduces {100 * PROCEDURE_SHARE:.0f}% of at least "
-                                       f"{MIN_ROWS} rows")
-    elif not enforced:
-        verdict, why = NOT_CHECKABLE, (f"inferred but not enforced: on unrounded inputs about {100 * chance:.0f}% of "
-                                       "rows would print the same digits, so an exception cannot be told from "
-                                       "rounding")
-    else:
-        verdict = INCONSISTENT if passing else CONSISTENT
-        why = (f"enforced ({'exact inputs' if exact_inputs else f'unrounded inputs would match only about {100 * chance:.0f}% of rows'}); "
-               f"{len(passing)} exception(s) that interval arithmetic lets pass"
-               + (f", {len(exceptions) - len(passing)} that already fail it" if len(exceptions) > len(passing) else ""))
-    named = " / ".join(formulas) if best[0] == MAIN else best[0]
+    formulas = " / ".join(sorted({DERIVED[check.rule] for check in checks}))
+    named = formulas if best[0] == MAIN else best[0]
     yield Finding(f"{table}/{quantity}/procedure", table, f"procedure of {quantity}", f"{len(checks)} rows",
                   f"{named}, {best[1]}" if inferred else "none inferred", verdict,
-                  f"{why}; {ranking}; {MAIN}: {' / '.join(formulas)}")
+                  f"{why}; {ranking}; {MAIN}: {formulas}")
     for check in passing:
         value = _candidates(check)[best[0]]
         yield Finding(f"{check.claim_id}/procedure", check.source, f"{quantity} by the inferred procedure",
@@ -119,6 +108,19 @@ def _review_column(table: str, quantity: str, checks: list[Check]) -> Iterator[F
                       f"the column's other rows follow '{named}, {best[1]}' ({sum(matched[best])}/{len(checks)}); "
                       "interval arithmetic alone lets this row pass" + _fits_instead(check, procedures),
                       check.model, check.method, (check.claimed.value - value) / value if value else math.nan)
+
+
+def _verdict(inferred: bool, enforced: bool, exact_inputs: bool, chance: float, passing: int,
+             exceptions: int) -> tuple[str, str]:
+    if not inferred:
+        return NOT_CHECKABLE, f"no procedure reproduces {100 * PROCEDURE_SHARE:.0f}% of at least {MIN_ROWS} rows"
+    if not enforced:
+        return NOT_CHECKABLE, (f"inferred but not enforced: on unrounded inputs about {100 * chance:.0f}% of rows "
+                               "would print the same digits, so an exception cannot be told from rounding")
+    basis = "exact inputs" if exact_inputs else f"unrounded inputs would match only about {100 * chance:.0f}% of rows"
+    already = f", {exceptions - passing} that already fail it" if exceptions > passing else ""
+    return (INCONSISTENT if passing else CONSISTENT,
+            f"enforced ({basis}); {passing} exception(s) that interval arithmetic lets pass{already}")
 
 
 def _reproduces(check: Check, label: str, mode: str) -> bool:

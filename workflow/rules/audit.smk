@@ -2,30 +2,19 @@
 # analytic counts of the shipped model configs: it reads only the claims folder (config `audit.claims`) and
 # resources/model_configs, so it runs in seconds. `audit` joins that with this run's tables where the configured
 # models are the paper's; its inputs are the configured tables only, so it never waits on variants no table shows.
+import sys
 from pathlib import Path
 
-from kdp.audit.claims import load_paper
+from kdp.audit.claims import claims_folder_inputs
+from kdp.errors import UserError
 
-
-def _claims_folder():
-    """`audit.claims`, relative to the checkout unless absolute; a missing folder or a bad paper.yaml is one
-    line before any job runs."""
-    folder = Path(config["audit"]["claims"])
-    folder = folder if folder.is_absolute() else Path(workflow.basedir) / folder
-    if not folder.is_dir():
-        sys.stderr.write(f"kdp-bench: config key audit.claims: {config['audit']['claims']!r} is not a folder; "
-                         "allowed: a claims folder such as resources/claims or resources/claims_shortgpt\n")
-        sys.exit(1)
-    try:
-        paper = load_paper(folder)
-    except UserError as error:
-        sys.stderr.write(f"kdp-bench: {error}\n")
-        sys.exit(1)
-    files = [folder / f"{name}.csv" for name in paper.tables]
-    return folder, [*files, *folder.glob("paper.yaml")]
-
-
-AUDIT_CLAIMS, AUDIT_CLAIMS_FILES = _claims_folder()
+try:
+    # `audit.claims`, relative to the checkout unless absolute: a missing folder or a bad paper.yaml is one line
+    # before any job runs.
+    AUDIT_CLAIMS, AUDIT_CLAIMS_FILES = claims_folder_inputs(config["audit"]["claims"], workflow.basedir)
+except UserError as error:
+    sys.stderr.write(f"kdp-bench: {error}\n")
+    sys.exit(1)
 
 FINAL_TARGETS.extend(
     ["results/audit/claims.csv", "results/audit/claims.md", "results/audit.csv", "results/audit.tex",
@@ -40,8 +29,6 @@ rule audit_claims:
     output:
         csv="results/audit/claims.csv",
         md="results/audit/claims.md",
-    params:
-        claims=str(AUDIT_CLAIMS),
     log:
         "logs/audit/audit_claims.log",
     localrule: True
