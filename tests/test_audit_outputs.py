@@ -203,3 +203,19 @@ def test_joined_audit_keeps_the_claims_audit_rows(embedded, tmp_path):
     assert inconsistent and inconsistent == joined[joined["verdict"] == "inconsistent"]["claim_id"].tolist()
     report = Path(out["claims.md"]).read_text()
     assert "## How each derived column was computed" in report and "| T01/Avg |" in report
+
+
+def test_table_confidence_intervals_reach_the_verdict(paper, tmp_path):
+    """A results table with ``ci_low``/``ci_high`` (per cell) is judged by the interval, not the 5-point band."""
+    fields = TABLE_FIELDS + ",ci_low,ci_high"
+    rows = [("llama-2-7b", "kdp", "Ours", 0.228, "hellaswag", "HeSw", "accuracy", 62.0, 1.0, 25, 100, 61.0, 63.0),
+            ("llama-2-7b", "kdp", "Ours", 0.228, "mmlu", "MMLU", "accuracy", 43.0, 1.0, 25, 100, "", "")]
+    path = tmp_path / "table1.csv"
+    path.write_text("\n".join(["# table: \"synthetic\"", fields, *(",".join(map(str, r)) for r in rows)]) + "\n")
+    frame, _ = build_audit(paper, {"table1": str(path)})
+    frame = frame.set_index("claim_id")
+    # HeSw: 62.0 is within 5 points of the printed 65.1, but its interval [61, 63] misses it.
+    hesw = frame.loc["T01/LLaMA-2-7B/Ours/HeSw"]
+    assert (hesw["reproduced_tolerance"], hesw["reproduced_verdict"]) == ("CI [61, 63]", "differs")
+    mmlu = frame.loc["T01/LLaMA-2-7B/Ours/MMLU"]  # no interval printed: the fixed band
+    assert (mmlu["reproduced_tolerance"], mmlu["reproduced_verdict"]) == ("±5", "agrees")
