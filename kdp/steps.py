@@ -364,7 +364,8 @@ def build_tasks(config: dict, out_dir: str) -> None:
     from kdp.tasks import write_task_suite
 
     evaluation = config["evaluation"]
-    write_task_suite(evaluation["suite"], evaluation["benchmarks"], Path(out_dir), seed=config["seed"])
+    write_task_suite(evaluation["suite"], evaluation["benchmarks"], Path(out_dir), seed=config["seed"],
+                     items_per_task=evaluation.get("items_per_task"))
 
 
 def evaluate(config: dict, model: str, variant: str, variant_dir: str, tasks_dir: str, out_json: str) -> None:
