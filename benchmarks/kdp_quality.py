@@ -126,7 +126,7 @@ def fit_with_method(config: dict, model: str, variant: str, hidden: HiddenStates
                     overrides: dict | None = None, tag: str | None = None):
     """The registered method's own `fit_block` (as the workflow runs it), with the epoch budget capped; the fit
     directory gets the workflow's layout (record.json, fold weights, kernel-space sample)."""
-    cls, params = resolve_params(config, variant, model)
+    spec, params = resolve_params(config, variant, model)
     params = copy.deepcopy(params)
     fit = params["fit"]
     fit["kernel_max_epochs"] = min(fit.get("kernel_max_epochs", KDPConfig.kernel_max_epochs), args.kernel_epochs)
@@ -137,7 +137,7 @@ def fit_with_method(config: dict, model: str, variant: str, hidden: HiddenStates
     out_dir = args.work / model / (tag or variant) / block.tag
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    record = cls(params).fit_block(ctx, block, out_dir)
+    record = spec.build(params).fit_block(ctx, block, out_dir)
     record["seconds"] = time.perf_counter() - started
     record["provenance"] = provenance(config, config["seed"], model=model, variant=variant, block=block.tag)
     write_json(out_dir / "record.json", record)
