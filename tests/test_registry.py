@@ -121,3 +121,7 @@ def test_an_installed_package_adds_a_method_through_its_entry_point(installed_pl
     assert spec.implementation == "kdp_keep_first:KeepFirst" and params == {"keep": 2}
     assert spec.load().name == "keep_first"
 
+    done = _python("import sys; from kdp.cli import main; sys.exit(main())", "methods",
+                   pythonpath=os.pathsep.join([str(REPO), str(installed_plugin)]))
+    assert done.returncode == 0, done.stderr
+    assert "keep_first\tthe model only\tkdp_keep_first:KeepFirst" in done.stdout.splitlines()
