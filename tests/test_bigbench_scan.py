@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from kdp import tasks
+from tests.maintainer_scripts import load_script
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "resources" / "benchmarks"))
-import scan_bigbench  # noqa: E402
+load_script("vendor_bigbench")  # scan_bigbench imports it by name
+scan_bigbench = load_script("scan_bigbench")
 
 OPT_KJV = Path(__file__).resolve().parent.parent / "resources" / "embedded" / "opt-kjv"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import lm_eval
@@ -17,8 +16,9 @@ from kdp import corpus, tasks
 from kdp.errors import UserError
 from kdp.io import sha256_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "resources" / "benchmarks"))
-import vendor_bigbench  # noqa: E402
+from tests.maintainer_scripts import load_script
+
+vendor_bigbench = load_script("vendor_bigbench")
 
 PAPER_CUSTOM = {b.name: b for b in tasks.SUITES["paper"].values() if b.task.startswith("kdp_")}
 PAPER_BUILTIN = {b.name: b for b in tasks.SUITES["paper"].values() if not b.task.startswith("kdp_")}

@@ -38,9 +38,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-import vendor_bigbench as vb  # noqa: E402
+import vendor_bigbench as vb  # noqa: E402  (beside this script: run it as a script, as its docstring says)
 
 # Tasks with more choices than this on average are left out: each choice is one more sequence to score, and their
 # near-zero chance level says little about a pruned model.

@@ -25,15 +25,13 @@ import argparse
 import hashlib
 import json
 import random
-import sys
 import tarfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent.parent))
+from kdp.errors import UserError
+from kdp.io import write_text
 
-from kdp.errors import UserError  # noqa: E402
-from kdp.io import write_text  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 OUT_DIR = HERE / "bigbench"
 SDIST_VERSION = "1.0.0"
