@@ -12,9 +12,18 @@ Faithfulness to the official code (icip-cas/ShortGPT@9a2ee8d, ``shortgpt/metrics
   measures the norm and comes out inflated; ``last_layer: post_norm`` reproduces that.
 * ``angular: true`` is the official option that scores each token by arccos(cos)/pi instead of 1 - cos (off
   there too).
-* The official code sums per-token scores instead of averaging them (same ranking) and maps NaN cosines to 0.5;
-  in float32 with the eps of `torch.nn.functional.cosine_similarity` no NaN arises. Padding is never scored here
-  (the official code runs batch size 1, so it has none either).
+* ``bi_precision: float32`` (default) is the paper's metric: cosines in float32, averaged over tokens; with the
+  eps of `torch.nn.functional.cosine_similarity` no NaN arises. The official script computes it in float16
+  (``torch_dtype=torch.float16``): a float16 matrix product, norms and their product, the quotient mapped to 0.5
+  where it is NaN, and one float16 sum per 256-token window. Once a residual stream carries a massive activation
+  (norms above ~256, e.g. SmolLM2's ~26,500 at layers 12-28, LLaMA-2's first-token activations in the thousands)
+  the dot product and the norm product overflow to inf, every such token scores exactly 0.5, and the layers that
+  carry the activation can never be chosen. ``bi_precision: float16_official`` reproduces that arithmetic on the
+  states of the configured runtime dtype (`float16_window_scores`). The official code sums per-token scores
+  instead of averaging them (same ranking). Padding is never scored here (the official code runs batch size 1,
+  so it has none either).
+* Ties: the official order is numpy's default ``argsort``, which is not stable (with AVX-512 even six equal values
+  come out in no fixed order), so exact ties have no official order; here they go to the lower layer index.
 * Official calibration (``calibration: shortgpt``): the 50 books of ``emozilla/pg19`` validation, each cut into
   independent, non-overlapping 256-token windows, batch size 1, fp16 weights. The set itself is built by
   `kdp.calibration` from the config entry of that name.
@@ -37,6 +46,7 @@ from kdp.layer_scoring import RemovalTarget, calibration_inputs
 from kdp.registry import PruneContext, PruneRecord, PruningMethod, register_method
 
 LAST_LAYER_STATES = ("pre_norm", "post_norm")
+BI_PRECISIONS = ("float32", "float16_official")
 
 
 def token_distance(before: torch.Tensor, after: torch.Tensor, angular: bool) -> torch.Tensor:
@@ -47,9 +57,36 @@ def token_distance(before: torch.Tensor, after: torch.Tensor, angular: bool) -> 
     return 1.0 - cosine
 
 
+def float16_window_scores(before: torch.Tensor, after: torch.Tensor, real: torch.Tensor,
+                          angular: bool) -> torch.Tensor:
+    """Per window (row), the official metric's float16 sum of token scores over its real tokens.
+
+    The official ``metrics.block_influence`` divides the diagonal of a float16 matrix product by the float16
+    product of two float16 norms. A float16 matrix product and a norm accumulate in float32 and round their result
+    to float16, so each dot product and norm is computed here in float32 and then rounded; the norm product, the
+    quotient, 1 - cos (or arccos/pi) and each window's sum are float16 as there, and NaN cosines become 0.5.
+    """
+    a, b = before.half().float(), after.half().float()
+    dot = (a * b).sum(-1).half()
+    cosine = (dot / (a.norm(dim=-1).half() * b.norm(dim=-1).half())).nan_to_num(nan=0.5)
+    if angular:
+        score = (torch.arccos(cosine.float()).half().float() / torch.pi).half()
+    else:
+        score = 1.0 - cosine
+    return score.float().masked_fill(~real, 0.0).sum(-1).half().double()
+
+
+def window_scores(before: torch.Tensor, after: torch.Tensor, real: torch.Tensor, angular: bool,
+                  precision: str) -> torch.Tensor:
+    """Per row of a (batch, tokens, d) pair: the sum of token scores over the real tokens, in float64."""
+    if precision == "float16_official":
+        return float16_window_scores(before, after, real, angular)
+    return token_distance(before, after, angular).double().masked_fill(~real, 0.0).sum(-1)
+
+
 @torch.no_grad()
 def block_influence_scores(adapter: ModelAdapter, calibration: CalibrationSet, batch_size: int, device,
-                           last_layer: str, angular: bool) -> list[float]:
+                           last_layer: str, angular: bool, precision: str = "float32") -> list[float]:
     """BI of every layer, run layer by layer over the calibration set; only real tokens are scored."""
     num_layers = adapter.num_layers
     sums = torch.zeros(num_layers, dtype=torch.float64)
@@ -62,10 +99,15 @@ def block_influence_scores(adapter: ModelAdapter, calibration: CalibrationSet, b
             compared = output
             if index == num_layers - 1 and last_layer == "post_norm":
                 compared = adapter.apply_final_norm(output)
-            sums[index] += token_distance(hidden[real], compared[real], angular).double().sum().cpu()
+            sums[index] += window_scores(hidden, compared, real, angular, precision).sum().cpu()
             hidden = output
         tokens += int(real.sum())
     return (sums / tokens).tolist()
+
+
+def removal_order(scores: list[float]) -> list[int]:
+    """Layers from the lowest BI up; exact ties go to the lower index."""
+    return sorted(range(len(scores)), key=lambda index: scores[index])
 
 
 @register_method("shortgpt")
@@ -75,6 +117,7 @@ class ShortGPT(PruningMethod):
         "calibration": "shortgpt",  # pg19 validation, 256-token windows (run_shortgpt.py)
         "last_layer": "pre_norm",  # the official code's choice is "post_norm" (see the module docstring)
         "angular": False,  # metrics.block_influence(angular=False)
+        "bi_precision": "float32",  # the paper's metric; the official script's is "float16_official"
         "count_rule": "parameters",
         "batch_size": 1,  # run_shortgpt.py DataLoader(batch_size=1)
     }
@@ -84,13 +127,16 @@ class ShortGPT(PruningMethod):
         last_layer = self.params["last_layer"]
         if last_layer not in LAST_LAYER_STATES:
             raise bad_value("shortgpt.last_layer", last_layer, LAST_LAYER_STATES)
+        precision = self.params["bi_precision"]
+        if precision not in BI_PRECISIONS:
+            raise bad_value("shortgpt.bi_precision", precision, BI_PRECISIONS)
         adapter = ctx.adapter
         target = RemovalTarget.of(adapter, ctx.target_ratio, self.params["count_rule"], "shortgpt.count_rule")
         scores = block_influence_scores(adapter, ctx.calibration, int(self.params["batch_size"]), ctx.device,
-                                        last_layer, bool(self.params["angular"]))
-        order = sorted(range(adapter.num_layers), key=lambda index: scores[index])
+                                        last_layer, bool(self.params["angular"]), precision)
+        order = removal_order(scores)
         removed = order[: target.layers_needed(adapter, order)]
-        log.info("shortgpt: BI %s; removing layers %s", [round(s, 4) for s in scores], removed)
+        log.info("shortgpt: BI (%s) %s; removing layers %s", precision, [round(s, 4) for s in scores], removed)
         adapter.remove_layers(removed)
         return PruneRecord(
             layers_removed=sorted(removed),
