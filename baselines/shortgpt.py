@@ -57,18 +57,24 @@ def token_distance(before: torch.Tensor, after: torch.Tensor, angular: bool) -> 
     return 1.0 - cosine
 
 
-def float16_window_scores(before: torch.Tensor, after: torch.Tensor, real: torch.Tensor,
-                          angular: bool) -> torch.Tensor:
-    """Per window (row), the official metric's float16 sum of token scores over its real tokens.
+def float16_cosine(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """Per-token cosine as the official ``metrics.block_influence`` computes it in float16, NaN not yet mapped.
 
-    The official ``metrics.block_influence`` divides the diagonal of a float16 matrix product by the float16
-    product of two float16 norms. A float16 matrix product and a norm accumulate in float32 and round their result
-    to float16, so each dot product and norm is computed here in float32 and then rounded; the norm product, the
-    quotient, 1 - cos (or arccos/pi) and each window's sum are float16 as there, and NaN cosines become 0.5.
+    It divides the diagonal of a float16 matrix product by the float16 product of two float16 norms. A float16
+    matrix product and a norm accumulate in float32 and round their result to float16, so each dot product and norm
+    is computed here in float32 and then rounded; the norm product and the quotient are float16, as there. A dot
+    product and a norm product above 65504 overflow to inf, and inf / inf is NaN.
     """
     a, b = before.half().float(), after.half().float()
     dot = (a * b).sum(-1).half()
-    cosine = (dot / (a.norm(dim=-1).half() * b.norm(dim=-1).half())).nan_to_num(nan=0.5)
+    return dot / (a.norm(dim=-1).half() * b.norm(dim=-1).half())
+
+
+def float16_window_scores(before: torch.Tensor, after: torch.Tensor, real: torch.Tensor,
+                          angular: bool) -> torch.Tensor:
+    """Per window (row), the official metric's float16 sum of token scores over its real tokens: NaN cosines
+    become 0.5, and 1 - cos (or arccos/pi) and each window's sum are float16, as there."""
+    cosine = float16_cosine(before, after).nan_to_num(nan=0.5)
     if angular:
         score = (torch.arccos(cosine.float()).half().float() / torch.pi).half()
     else:

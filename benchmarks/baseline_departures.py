@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from baselines.shortgpt import block_influence_scores  # noqa: E402
+from baselines.shortgpt import float16_cosine  # noqa: E402
 from baselines.slicegpt import SliceShapes, official_width, solve_width  # noqa: E402
 from kdp.adapters import adapter_for  # noqa: E402
 from kdp.calibration import CalibrationSet, build  # noqa: E402
@@ -88,18 +88,24 @@ def without_network(run: dict) -> dict:
 
 
 @torch.no_grad()
-def residual_norms(bench: Bench, calibration: CalibrationSet) -> list[float]:
-    """Largest token norm of the residual stream entering each layer (and leaving the last), over the windows."""
+def residual_profile(bench: Bench, calibration: CalibrationSet) -> dict[str, list[float]]:
+    """Per layer: the largest and the median token norm of the residual stream entering it, and the fraction of
+    tokens whose official float16 cosine between its input and output is NaN (scored 0.5 by the official code)."""
     network, _ = load_base(bench.base)
     adapter = adapter_for(network)
-    peaks = torch.zeros(adapter.num_layers + 1)
+    norms: list[list[torch.Tensor]] = [[] for _ in range(adapter.num_layers)]
+    nan = torch.zeros(adapter.num_layers)
     for inputs, _, mask in calibration_inputs(adapter, calibration, 8, "cpu"):
-        hidden = inputs.hidden_states
-        for index in range(adapter.num_layers + 1):
-            peaks[index] = max(peaks[index], hidden[mask.bool()].norm(dim=-1).max())
-            if index < adapter.num_layers:
-                hidden = adapter.run_layers(hidden, inputs.layer_kwargs, index, index + 1)
-    return peaks.tolist()
+        real, hidden = mask.bool(), inputs.hidden_states
+        for index in range(adapter.num_layers):
+            output = adapter.run_layers(hidden, inputs.layer_kwargs, index, index + 1)
+            norms[index].append(hidden[real].norm(dim=-1))
+            nan[index] += float16_cosine(hidden[real], output[real]).isnan().sum()
+            hidden = output
+    tokens = calibration.num_tokens
+    return {"peak_norm": [float(torch.cat(n).max()) for n in norms],
+            "median_norm": [float(torch.cat(n).median()) for n in norms],
+            "float16_nan_fraction": (nan / tokens).tolist()}
 
 
 def shortgpt(bench: Bench) -> dict:
@@ -110,7 +116,7 @@ def shortgpt(bench: Bench) -> dict:
         "float32_post_norm_last_layer": bench.prune("shortgpt", last_layer="post_norm"),
         "float32_128_windows": bench.prune("shortgpt", bench.calibration("shortgpt", samples=128)),
     }
-    return {"residual_norm_peaks": residual_norms(bench, windows),
+    return {"residual_stream": residual_profile(bench, windows),
             **{name: without_network(run) for name, run in runs.items()}}
 
 
