@@ -15,10 +15,10 @@ Faithfulness to the official code (icip-cas/ShortGPT@9a2ee8d, ``shortgpt/metrics
 * ``bi_precision: float32`` (default) is the paper's metric: cosines in float32, averaged over tokens; with the
   eps of `torch.nn.functional.cosine_similarity` no NaN arises. The official script computes it in float16
   (``torch_dtype=torch.float16``): a float16 matrix product, norms and their product, the quotient mapped to 0.5
-  where it is NaN, and one float16 sum per 256-token window. Once a residual stream carries a massive activation
-  (norms above ~256, e.g. SmolLM2's ~26,500 at layers 12-28, LLaMA-2's first-token activations in the thousands)
-  the dot product and the norm product overflow to inf, every such token scores exactly 0.5, and the layers that
-  carry the activation can never be chosen. ``bi_precision: float16_official`` reproduces that arithmetic on the
+  where it is NaN, and one float16 sum per 256-token window. A token whose norms exceed ~256 (a massive activation:
+  SmolLM2's first token carries ~26,500 from layer 12 on, LLaMA-2's first-token activations are in the thousands)
+  overflows the dot product and the norm product to inf and scores exactly 0.5; on SmolLM2-135M every token of
+  layers 22-29 does (median norms 290-757), so those layers can never be chosen (docs/baselines.md). ``bi_precision: float16_official`` reproduces that arithmetic on the
   states of the configured runtime dtype (`float16_window_scores`). The official code sums per-token scores
   instead of averaging them (same ranking). Padding is never scored here (the official code runs batch size 1,
   so it has none either).
