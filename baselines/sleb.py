@@ -33,6 +33,16 @@ from kdp.layer_scoring import RemovalTarget, nll_with_each_layer_skipped
 from kdp.registry import PruneContext, PruneRecord, PruningMethod, register_method
 
 
+def candidates(num_layers: int, early_barrier: int, latter_barrier: int) -> range:
+    """The current blocks a round may remove: all but the first ``early`` and the last ``latter`` of them."""
+    return range(early_barrier, num_layers - latter_barrier)
+
+
+def lowest_loss(losses: dict[int, float]) -> int:
+    """The candidate with the lowest NLL; on an exact tie the first (lowest index), as the official strict ``<``."""
+    return min(sorted(losses), key=losses.__getitem__)
+
+
 @register_method("sleb")
 class SLEB(PruningMethod):
     """Inputs and hyperparameters: `baselines.specs.SLEB`."""
@@ -45,12 +55,12 @@ class SLEB(PruningMethod):
         alive = list(range(adapter.num_layers))  # original index of each current layer
         rounds = []
         while not target.reached(adapter):
-            candidates = range(early, adapter.num_layers - latter)
-            if not candidates:
+            allowed = candidates(adapter.num_layers, early, latter)
+            if not allowed:
                 raise target.unreachable(f"SLEB with barriers {early}/{latter} ({adapter.num_layers} layers left)")
-            losses = nll_with_each_layer_skipped(adapter, ctx.calibration, candidates,
+            losses = nll_with_each_layer_skipped(adapter, ctx.calibration, allowed,
                                                  int(self.params["batch_size"]), ctx.device)
-            chosen = min(losses, key=losses.__getitem__)
+            chosen = lowest_loss(losses)
             rounds.append({"removed": alive[chosen], "nll": losses[chosen],
                            "candidates": {alive[j]: loss for j, loss in losses.items()}})
             log.info("sleb round %d: removing block %d (original %d), calibration NLL %.4f",

@@ -9,7 +9,7 @@ Written from the paper and microsoft/TransformerCompression (``src/slicegpt``, c
 
 1. Fusion (``fuse_norms``). The head is untied. For LayerNorm families (OPT) the embedding rows and the outputs of
    the linears that write to the stream are mean-centred, so the stream is always mean-free and LayerNorm equals
-   RMSNorm. Every norm's scale (and bias) is folded into the linears that read from it, and every norm becomes a
+   RMSNorm; the official code centres the embedding rows of RMSNorm families too (``centre_embeddings``, below). Every norm's scale (and bias) is folded into the linears that read from it, and every norm becomes a
    weightless RMS norm that averages over the original width D, also after slicing.
 2. PCA (``principal_basis``): eigenvectors of the uncentred second moment of real (unpadded) tokens, in float64,
    with 1% of the mean diagonal added, sorted by descending eigenvalue. The PCA basis is kept as the final
@@ -18,18 +18,26 @@ Written from the paper and microsoft/TransformerCompression (``src/slicegpt``, c
    layers before it: Q from the embedding outputs; per layer, Q_mid from the input of the MLP norm and Q_out from
    the layer output; the shortcut matrices are Q_in^T Q_mid and Q_mid^T Q_out restricted to the kept columns. The
    head is rotated but not sliced, so the last layer writes the full width D.
-4. Width: d' is the multiple of ``round_interval`` (8 in the official script) whose parameter count, with the
-   shortcut matrices and the untied head, comes closest to ``target_ratio`` of the dense model's parameters
-   (``solve_width``); ``slicing`` instead fixes d' = floor((1 - slicing) D) rounded down, as the script does.
-   The two differ a lot: the KDP paper's Table 10 SliceGPT FLOPs (717.63 G, 1392.89 G) are exactly those of 25%
-   slicing of LLaMA-2-7B/13B (d' = 3072, 3840), which removes only 15.3%/15.5% of the parameters, while a 25%
-   parameter cut needs about 33% slicing (d' = 2744, 3432).
+4. Width: ``slicing`` (default 0.25) is the official ``--sparsity``, the slicing fraction: d' = floor((1 - slicing) D)
+   rounded down to a multiple of ``round_interval`` (8 in the official script). This is the paper's reading of
+   "25%": the KDP paper's Table 10 SliceGPT FLOPs (717.63 G, 1392.89 G) are exactly those of 25% slicing of
+   LLaMA-2-7B/13B (d' = 3072, 3840), which removes only 15.3%/15.5% of the parameters. The parameter ratio is
+   reported as it comes out, negative when the shortcut matrices and the untied head outweigh the slicing
+   (SmolLM2-135M at 25% slicing holds 140.65M parameters against the dense 134.52M). ``slicing: null`` is the
+   matched reading: d' is the multiple of ``round_interval`` whose parameter count, with the shortcut matrices and
+   the untied head, comes closest to ``target_ratio`` of the dense model's parameters (``solve_width``; about 33%
+   slicing for a 25% cut of LLaMA-2-7B).
 5. RFT: LoRA on every attention and MLP projection with the official README recipe (``RECOVERY_DEFAULTS``).
 
-Departures from the official code: LLaMA-family embeddings are not mean-centred (the official code centres them
-too, which RMSNorm does not undo, so its "fused" LLaMA is not exactly the dense model); the weightless norms use
-the model's own epsilon (1e-5 for every model of the paper, the value the official code hard-codes); the
-shortcuts live in a wrapper around the family's decoder layer instead of a subclass per family.
+Embedding centring. The official ``fuse_modules`` mean-centres the embedding rows of every family, LLaMA included
+(only the output centring is limited to LayerNorm families). RMSNorm does not remove a mean, so the official
+"fused" LLaMA is not exactly the dense model. ``centre_embeddings: always`` (default) does what the official code
+does; ``layernorm_only`` centres them only where LayerNorm makes it exact, so fusion keeps the function of every
+family (the effect on the embedded models is measured in docs/baselines.md).
+
+Departures from the official code: the weightless norms use the model's own epsilon (1e-5 for every model of the
+paper, the value the official code hard-codes); the shortcuts live in a wrapper around the family's decoder layer
+instead of a subclass per family.
 
 Data. The method reads one calibration set (``calibration``) in order: the first ``pca_samples`` samples feed the
 PCA (official script: WikiText-2, 128 x 2048 tokens; the SliceGPT paper reportedly used 1024 samples, Table 8 of the
@@ -206,12 +214,16 @@ def restore_sliced_structure(adapter: ModelAdapter, edit: dict[str, Any]) -> Non
 
 
 # -- 1. fusion ----------------------------------------------------------------------------------------------------
+CENTRINGS = ("always", "layernorm_only")
+
+
 @torch.no_grad()
-def fuse_norms(adapter: ModelAdapter) -> None:
-    """Make the model's function invariant under rotations of the residual stream, without changing it."""
+def fuse_norms(adapter: ModelAdapter, centre_embeddings: str) -> None:
+    """Make the model's function invariant under rotations of the residual stream; without changing it, except
+    that ``centre_embeddings: always`` centres the embeddings of an RMSNorm family too, as the official code."""
     centred = isinstance(_parts(adapter, 0).attention_norm, nn.LayerNorm)
     _untie_head(adapter)
-    if centred:
+    if centred or centre_embeddings == "always":
         for embedding in adapter.embedding_modules():
             _set(embedding.weight, _centred_rows(embedding.weight.double()))
     for norm, readers in _norm_readers(adapter):
@@ -469,12 +481,15 @@ class SliceGPT(PruningMethod):
         adapter = ctx.adapter
         shapes, dense = SliceShapes.of(adapter), adapter.parameter_count()
         width = _width(params, shapes, dense, ctx.target_ratio)
-        fuse_norms(adapter)
+        if params["centre_embeddings"] not in CENTRINGS:
+            raise bad_value("slicegpt centre_embeddings", params["centre_embeddings"], CENTRINGS)
+        fuse_norms(adapter, params["centre_embeddings"])
         rotate_and_slice(adapter, calibration_batches(adapter, pca_data, int(params["batch_size"])), width)
         apply_edit(adapter, {"factory": STRUCTURE_FACTORY, "width": width})
         details: dict[str, Any] = {
             "width": width,
             "hidden_size": adapter.hidden_size,
+            "width_rule": "matched" if params["slicing"] is None else "slicing",
             "slicing": 1 - width / adapter.hidden_size,
             "predicted_parameters": shapes.parameters(width),
             "predicted_ratio": 1 - shapes.parameters(width) / dense,

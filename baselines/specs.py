@@ -72,6 +72,10 @@ STREAMLINE_MSE_TRAINING: dict[str, Any] = {
 STREAMLINE_LLM_LOSS_TRAINING: dict[str, Any] = {**STREAMLINE_MSE_TRAINING, "betas": [0.9, 0.95], "clip": 1.0}
 
 
+#: The fixed grid LaCo's "largest_reaching_target" rule walks down: 0.95, 0.90, ..., 0.05. T = 0 is left out on
+#: purpose: it would let the sign of a near-zero cosine decide.
+LACO_THRESHOLD_GRID = [round(0.95 - 0.05 * step, 2) for step in range(19)]
+
 LACO = MethodSpec(
     "baselines.laco:LaCo",
     requires={"calibration"},
@@ -81,8 +85,9 @@ LACO = MethodSpec(
         "interval": 2,  # I (INTERVAL)
         "lowest_layer": 1,  # L (LOWEST_LAY)
         "highest_layer_from_top": 0,  # H = num_layers - this (HIGHEST_LAY = 32 for 32 layers)
-        "threshold": 0.65,  # T (THRESHOLD)
-        "merge": "paper",  # or "released_code" (see the module docstring)
+        "threshold": 0.65,  # T (THRESHOLD), or "largest_reaching_target" (see the module docstring)
+        "threshold_grid": LACO_THRESHOLD_GRID,  # the T values "largest_reaching_target" tries
+        "merge": "released_code",  # what the notebook computes; "eq1" is the paper's formula
         "batch_size": 1,  # cal_last_hidden_sim runs one sentence at a time
     },
 )
@@ -110,6 +115,7 @@ SHORTGPT = MethodSpec(
         "calibration": "shortgpt",  # pg19 validation, 256-token windows (run_shortgpt.py)
         "last_layer": "pre_norm",  # the official code's choice is "post_norm" (see the module docstring)
         "angular": False,  # metrics.block_influence(angular=False)
+        "bi_precision": "float32",  # the paper's metric; the official script's is "float16_official"
         "count_rule": "parameters",
         "batch_size": 1,  # run_shortgpt.py DataLoader(batch_size=1)
     },
@@ -135,7 +141,8 @@ SLICEGPT = MethodSpec(
         "pca_samples": 128,  # run_slicegpt.py --cal-nsamples
         "batch_size": 16,  # run_slicegpt.py --cal-batch-size
         "round_interval": 8,  # run_slicegpt.py --round-interval
-        "slicing": None,  # None: width from target_ratio; a fraction: the official --sparsity
+        "slicing": 0.25,  # the official --sparsity (the paper's reading); None: width solved for target_ratio
+        "centre_embeddings": "always",  # official fuse_modules; "layernorm_only" keeps RMSNorm models exact
         "finetune": False,  # True: the recovery fine-tuned (†) row
         "recovery": SLICEGPT_RECOVERY,
     },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -55,7 +56,7 @@ def layer_state(model, index: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("family", sorted(MICRO_MODELS))
-@pytest.mark.parametrize("merge", ["paper", "released_code"])
+@pytest.mark.parametrize("merge", ["eq1", "released_code"])
 def test_merge_on_three_layers_follows_the_formula_and_the_model_matches_a_manual_forward(family, merge):
     model = uneven_norms(MICRO_MODELS[family](layers=3))
     dense = copy.deepcopy(model)
@@ -71,7 +72,7 @@ def test_merge_on_three_layers_follows_the_formula_and_the_model_matches_a_manua
     for name, base in theta[0].items():
         if is_norm(name):
             expected = base
-        elif merge == "paper":
+        elif merge == "eq1":
             expected = base + (theta[1][name] - base) + (theta[2][name] - base)
         else:  # the released notebook's in-place update: every step overwrites the base, leaving theta_{l+m}
             expected = theta[2][name]
@@ -97,12 +98,12 @@ def hf_sentence_similarity(original, candidate, calibration) -> float:
         a = original(input_ids=sentence, output_hidden_states=True).hidden_states[-1].flatten()
         b = candidate(input_ids=sentence, output_hidden_states=True).hidden_states[-1].flatten()
         values.append(F.cosine_similarity(a, b, dim=0).item())
-    return sum(values) / len(values)
+    return float(np.mean(values))
 
 
 def test_rejected_walk_steps_by_one_and_similarity_matches_hf_hidden_states(micro_model):
     dense = copy.deepcopy(micro_model)
-    ctx = context(micro_model, 0.2, layers_per_merge=3, interval=2, lowest_layer=1, threshold=1.01)
+    ctx = context(micro_model, 0.2, layers_per_merge=3, interval=2, lowest_layer=1, threshold=1.01, merge="eq1")
     record = LaCo(ctx.params).prune(ctx)
 
     # l starts at H - C = 6 - 3 = 3 and falls by one per rejection down to L = 1.
@@ -142,9 +143,52 @@ def test_accepted_walk_follows_the_notebook_and_stops_at_the_target(micro_model)
 
 
 def test_bad_hyperparameters_are_user_errors(micro_model):
-    with pytest.raises(UserError, match="laco.merge.*paper"):
+    with pytest.raises(UserError, match="laco.merge.*released_code"):
         ctx = context(micro_model, 0.2, merge="fixed")
         LaCo(ctx.params).prune(ctx)
     with pytest.raises(UserError, match="laco.layers_per_merge.*>= 2"):
         ctx = context(micro_model, 0.2, layers_per_merge=1)
+        LaCo(ctx.params).prune(ctx)
+
+
+@pytest.mark.parametrize("merge", ["eq1", "released_code"])
+def test_threshold_search_keeps_the_largest_grid_value_whose_walk_reaches_the_target(micro_model, merge):
+    grid = [0.99, 0.9, 0.8, 0.6, 0.4, 0.2, -1.0]
+    fixed = {}
+    for threshold in grid:  # each T walked on its own, as a user fixing it would
+        ctx = context(copy.deepcopy(micro_model), 0.3, layers_per_merge=3, interval=1, lowest_layer=0,
+                      threshold=threshold, merge=merge)
+        fixed[threshold] = (LaCo(ctx.params).prune(ctx), ctx)
+    reaching = [t for t in grid if fixed[t][0].details["target_reached"]]
+    assert reaching and reaching[0] != grid[0]  # the grid brackets the rule's answer on this model
+    expected, (expected_record, expected_ctx) = reaching[0], fixed[reaching[0]]
+
+    ctx = context(micro_model, 0.3, layers_per_merge=3, interval=1, lowest_layer=0, merge=merge,
+                  threshold="largest_reaching_target", threshold_grid=[0.2, 0.99, -1.0, 0.4, 0.8, 0.6, 0.9])
+    record = LaCo(ctx.params).prune(ctx)
+
+    assert record.details["threshold"] == expected and record.details["threshold_rule"] == "largest_reaching_target"
+    tried = record.details["threshold_search"]
+    assert [t["threshold"] for t in tried] == grid[: grid.index(expected) + 1]  # from the largest T down
+    assert [t["target_reached"] for t in tried] == [False] * (len(tried) - 1) + [True]
+    assert record.blocks == expected_record.blocks and record.details["merges"] == expected_record.details["merges"]
+    for mine, theirs in zip(ctx.adapter.layers, expected_ctx.adapter.layers, strict=True):
+        for (name, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items(), strict=True):
+            assert torch.equal(a, b), name
+
+
+def test_threshold_search_that_never_reaches_the_target_keeps_the_smallest_value(micro_model):
+    ctx = context(micro_model, 0.2, threshold="largest_reaching_target", threshold_grid=[1.02, 1.01])
+    record = LaCo(ctx.params).prune(ctx)
+    assert record.details["threshold"] == 1.01 and record.details["target_reached"] is False
+    assert [t["threshold"] for t in record.details["threshold_search"]] == [1.02, 1.01]
+    assert record.details["merges"] == [] and ctx.adapter.num_layers == 6
+
+
+@pytest.mark.parametrize("threshold, grid, match", [("largest", None, "laco.threshold.*largest_reaching_target"),
+                                                    ("largest_reaching_target", [], "laco.threshold_grid"),
+                                                    ("largest_reaching_target", ["high"], "laco.threshold_grid")])
+def test_bad_threshold_settings_are_user_errors(micro_model, threshold, grid, match):
+    ctx = context(micro_model, 0.2, threshold=threshold, threshold_grid=grid)
+    with pytest.raises(UserError, match=match):
         LaCo(ctx.params).prune(ctx)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from baselines.slicegpt import (
     SecondMoment,
@@ -82,12 +82,15 @@ def prune(model, data: CalibrationSet, target_ratio: float = 0.25, **overrides):
 
 @pytest.fixture(scope="module")
 def sliced_models():
-    """family -> (dense parameter count, pruned model, record), pruned once per family."""
+    """family -> (dense parameter count, pruned model, record), pruned once per family at the matched reading.
+
+    The embeddings are centred only where that is exact (LayerNorm), so the error measured is slicing's alone;
+    `with_random_norms` gives LLaMA embedding rows a mean that the official centring would remove."""
     pruned = {}
     for family, build in MICRO_MODELS.items():
         model = with_random_norms(build())
         dense = adapter_for(model).parameter_count()
-        pruned[family] = (dense, model, prune(model, calibration()))
+        pruned[family] = (dense, model, prune(model, calibration(), slicing=None, centre_embeddings="layernorm_only"))
     return pruned
 
 
@@ -104,13 +107,36 @@ def test_fusion_and_full_width_rotation_keep_the_logits(family):
     adapter = adapter_for(model)
     data = calibration()
     dense = logits(model, data)
-    fuse_norms(adapter)
+    fuse_norms(adapter, "layernorm_only")
     assert all(isinstance(layer, SlicedDecoderLayer) for layer in adapter.layers)
     assert (logits(model, data) - dense).abs().max() < 1e-5
     embedding_before = adapter.token_embedding.weight.clone()
     rotate_and_slice(adapter, calibration_batches(adapter, data, 8), adapter.hidden_size)
     assert not torch.allclose(adapter.token_embedding.weight, embedding_before, atol=1e-3)  # it did rotate
     assert (logits(model, data) - dense).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("family", sorted(MICRO_MODELS))
+def test_official_centring_of_the_embeddings_changes_an_rmsnorm_model_as_the_official_fusion_does(family):
+    """The official ``fuse_modules`` centres every family's embedding rows. With LayerNorm (OPT) that is exact;
+    with RMSNorm (LLaMA) the fused model is the dense model with centred embedding rows, not the dense model."""
+    model = with_random_norms(MICRO_MODELS[family]())
+    data = calibration()
+    dense = logits(model, data)
+    centred_by_hand = copy.deepcopy(model)
+    head = adapter_for(centred_by_hand).lm_head
+    head.weight = torch.nn.Parameter(head.weight.detach().clone())  # the head keeps the uncentred rows (untied)
+    with torch.no_grad():
+        for embedding in adapter_for(centred_by_hand).embedding_modules():
+            embedding.weight.sub_(embedding.weight.mean(dim=-1, keepdim=True))
+    expected = logits(centred_by_hand, data)
+    fuse_norms(adapter_for(model), "always")
+    fused = logits(model, data)
+    assert (fused - expected).abs().max() < 1e-5
+    if family == "opt":
+        assert (fused - dense).abs().max() < 1e-5
+    else:
+        assert (fused - dense).abs().max() > 1e-3
 
 
 def test_slicing_changes_the_function_but_keeps_most_of_it(sliced):
@@ -160,6 +186,31 @@ def test_sliced_parameter_count_is_exact_and_the_ratio_meets_the_target(sliced):
     assert adapter.parameter_count() == sliced_parameter_count(MICRO_MODELS[family]().config, width)
     assert abs(1 - adapter.parameter_count() / dense - 0.25) < 0.02
     assert record.samples == {"pca": 16}
+
+
+def test_paper_reading_slices_a_quarter_of_the_width_and_reports_the_ratio_as_it_comes_out():
+    """``slicing: 0.25`` (the default) keeps d' = 48 of 64; a tied head with a large vocabulary must be untied, so
+    the sliced model holds more parameters than the dense one and the ratio is negative, not clamped."""
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=2048, max_position_embeddings=256, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = with_random_norms(LlamaForCausalLM(config).eval())
+    dense = adapter_for(model).parameter_count()
+    record = prune(model, calibration())
+    assert record.details["width"] == 48 and record.details["width_rule"] == "slicing"
+    pruned = adapter_for(model).parameter_count()
+    assert pruned == sliced_parameter_count(config, 48) == record.details["predicted_parameters"]
+    assert pruned > dense and record.details["predicted_ratio"] == pytest.approx(1 - pruned / dense)
+
+
+def test_matched_reading_solves_the_width_for_the_target():
+    model = with_random_norms(MICRO_MODELS["llama"]())
+    dense = adapter_for(model).parameter_count()
+    record = prune(model, calibration(), target_ratio=0.3, slicing=None)
+    width = record.details["width"]
+    ratio = {w: 1 - sliced_parameter_count(model.config, w) / dense for w in range(2, 65, MICRO_ROUND_INTERVAL)}
+    assert record.details["width_rule"] == "matched"
+    assert width == min(ratio, key=lambda w: abs(ratio[w] - 0.3))
 
 
 def test_parameter_count_of_llama_2_7b_by_hand():
@@ -239,3 +290,5 @@ def test_too_small_a_calibration_set_or_an_unknown_recovery_key_is_a_user_error(
               recovery={"train_samples": 8, "validation_samples": 4})
     with pytest.raises(UserError, match="learning_rate"):
         prune(MICRO_MODELS["opt"](), calibration(samples=16), finetune=True, recovery={"learning_rate": 1e-3})
+    with pytest.raises(UserError, match="centre_embeddings.*layernorm_only"):
+        prune(MICRO_MODELS["llama"](), calibration(), centre_embeddings="never")
