@@ -15,6 +15,7 @@ on the left, and non-causal models.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Sequence
 
@@ -40,8 +41,9 @@ class SharedContextLM(HFLM):
                 contexts.setdefault(tuple(context), []).append(index)
         # Longest contexts first, as stock HFLM orders its batches: little padding, and memory errors come early.
         ordered = sorted(contexts.items(), key=lambda entry: (-len(entry[0]), entry[0]))
-        for batch in self._batches(ordered):
-            for index, answer in self._score_batch(requests, batch):
+        size = int(self.batch_size)
+        for start in range(0, len(ordered), size):
+            for index, answer in self._score_batch(requests, ordered[start: start + size]):
                 results[index] = answer
                 if requests[index][0] is not None:
                     self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
@@ -51,37 +53,41 @@ class SharedContextLM(HFLM):
                 results[index] = answer
         return results  # type: ignore[return-value]
 
-    def _batches(self, ordered: list[tuple[tuple[int, ...], list[int]]]):
-        """Contexts in groups whose continuations together fill about one batch (a context with more choices
-        than the batch size goes alone), so a batch holds about as many sequences as stock HFLM's."""
-        batch, rows = [], 0
-        for context, indices in ordered:
-            if batch and rows + len(indices) > int(self.batch_size):
-                yield batch
-                batch, rows = [], 0
-            batch.append((context, indices))
-            rows += len(indices)
-        if batch:
-            yield batch
-
     def _score_batch(self, requests: Sequence[Request], batch: list[tuple[tuple[int, ...], list[int]]]):
-        """(request index, (log-likelihood, greedy)) for every request of the batch's contexts."""
+        """(request index, (log-likelihood, greedy)) for every request of a batch of contexts."""
         contexts = [list(context) for context, _ in batch]
         last, cache, mask = self._run_contexts(contexts)
-        # Continuations longer than one token run their first len - 1 tokens against their context's key-values.
-        rows = [(position, index) for position, (_, indices) in enumerate(batch) for index in indices
-                if len(requests[index][2]) > 1]
-        later = self._run_continuations(requests, contexts, rows, cache, mask) if rows else None
-        row_of = {index: row for row, (_, index) in enumerate(rows)}
+        rows = []
         for position, (_, indices) in enumerate(batch):
             for index in indices:
+                if len(requests[index][2]) == 1:
+                    yield index, _answer(last[position: position + 1], requests[index][2])
+                else:
+                    rows.append((position, index))
+        # Longer continuations run their first len - 1 tokens against a copy of their context's key-values.
+        for chunk in self._chunks(requests, rows):
+            later = self._run_continuations(requests, contexts, chunk, copy.deepcopy(cache), mask)
+            for row, (position, index) in enumerate(chunk):
                 continuation = requests[index][2]
-                logprobs = last[position: position + 1]
-                if index in row_of:
-                    logprobs = torch.cat([logprobs, later[row_of[index], : len(continuation) - 1]])
-                tokens = torch.tensor(continuation, device=logprobs.device)
-                picked = logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
-                yield index, (float(picked.sum()), bool((logprobs.argmax(dim=-1) == tokens).all()))
+                logprobs = torch.cat([last[position: position + 1], later[row, : len(continuation) - 1]])
+                yield index, _answer(logprobs, continuation)
+
+    def _chunks(self, requests: Sequence[Request], rows: list[tuple[int, int]]):
+        """Continuation rows, longest first, in chunks of at most batch size x max length positions: the logits of
+        one chunk take no more memory than those of one stock batch (one context may have hundreds of rows, e.g. the
+        empty context of every unconditional request)."""
+        rows = sorted(rows, key=lambda row: -len(requests[row[1]][2]))
+        budget = int(self.batch_size) * self.max_length
+        chunk: list[tuple[int, int]] = []
+        for row in rows:
+            if chunk and (len(chunk) + 1) * width > budget:
+                yield chunk
+                chunk = []
+            if not chunk:
+                width = len(requests[row[1]][2]) - 1  # the chunk's widest row is its first
+            chunk.append(row)
+        if chunk:
+            yield chunk
 
     def _run_contexts(self, contexts: list[list[int]]):
         """Log-probabilities after each context's last token, the contexts' key-values, and their attention mask;
@@ -129,3 +135,10 @@ class SharedContextLM(HFLM):
     def _pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
         return self.eot_token_id if pad is None else pad
+
+
+def _answer(logprobs: torch.Tensor, continuation: list[int]) -> tuple[float, bool]:
+    """(log-likelihood of the continuation, whether greedy decoding gives it) from its positions' log-probabilities."""
+    tokens = torch.tensor(continuation, device=logprobs.device)
+    picked = logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
+    return float(picked.sum()), bool((logprobs.argmax(dim=-1) == tokens).all())
