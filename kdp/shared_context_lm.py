@@ -73,21 +73,13 @@ class SharedContextLM(HFLM):
                 yield index, _answer(logprobs, continuation)
 
     def _chunks(self, requests: Sequence[Request], rows: list[tuple[int, int]]):
-        """Continuation rows, longest first, in chunks of at most batch size x max length positions: the logits of
-        one chunk take no more memory than those of one stock batch (one context may have hundreds of rows, e.g. the
+        """Continuation rows, longest first, ``batch_size`` at a time, as stock HFLM batches its sequences: little
+        padding, and no chunk's logits larger than a stock batch's (one context may have hundreds of rows, e.g. the
         empty context of every unconditional request)."""
         rows = sorted(rows, key=lambda row: -len(requests[row[1]][2]))
-        budget = int(self.batch_size) * self.max_length
-        chunk: list[tuple[int, int]] = []
-        for row in rows:
-            if chunk and (len(chunk) + 1) * width > budget:
-                yield chunk
-                chunk = []
-            if not chunk:
-                width = len(requests[row[1]][2]) - 1  # the chunk's widest row is its first
-            chunk.append(row)
-        if chunk:
-            yield chunk
+        size = int(self.batch_size)
+        for start in range(0, len(rows), size):
+            yield rows[start: start + size]
 
     def _run_contexts(self, contexts: list[list[int]]):
         """Log-probabilities after each context's last token, the contexts' key-values, and their attention mask;
