@@ -60,7 +60,7 @@ from torch import nn
 from baselines.specs import SLICEGPT_RECOVERY as RECOVERY_DEFAULTS
 from kdp.adapters import LayerAdapter, LayerInputs, ModelAdapter, adapter_for
 from kdp.calibration import CalibrationSet
-from kdp.errors import UserError, bad_value
+from kdp.errors import bad_value
 from kdp.finetune import FinetuneRecipe, lora_finetune
 from kdp.hf_custom import apply_edit
 from kdp.registry import PruneContext, PruneRecord, PruningMethod, register_method

@@ -64,7 +64,7 @@ class Bench:
 
     def prune(self, variant: str, calibration: CalibrationSet | None = None, **overrides) -> dict:
         """Prune a fresh base model as the workflow would, with ``overrides`` on the variant's parameters."""
-        _, params = resolve_params(self.config, variant, self.model)
+        spec, params = resolve_params(self.config, variant, self.model)
         params = {**copy.deepcopy(params), **overrides}
         network, tokenizer = load_base(self.base)
         adapter = adapter_for(network)
@@ -74,7 +74,7 @@ class Bench:
                            device=next(network.parameters()).device, model_name=self.model,
                            calibration=calibration or self.calibration(params["calibration"]))
         started = time.perf_counter()
-        record = cls(params).prune(ctx)
+        record = spec.build(params).prune(ctx)
         return {"overrides": overrides, "ratio": 1 - adapter.parameter_count() / dense,
                 "layers_removed": record.layers_removed, "blocks": record.blocks, "details": record.details,
                 "seconds": time.perf_counter() - started, "network": network}

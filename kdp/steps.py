@@ -378,7 +378,8 @@ def evaluate(config: dict, model: str, variant: str, variant_dir: str, tasks_dir
     started = time.perf_counter()
     result = run_benchmarks(network, tokenizer, benchmarks, include_path=Path(tasks_dir),
                             limit=evaluation["limit"], batch_size=evaluation["batch_size"],
-                            max_length=evaluation["max_length"], seed=config["seed"])
+                            max_length=evaluation["max_length"], seed=config["seed"],
+                            share_contexts=evaluation["share_contexts"])
     record = models.variant_record(Path(variant_dir))
     write_json(out_json, {
         "model": model,

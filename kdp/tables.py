@@ -12,6 +12,15 @@ Kinds ``ablation`` (Tables 3, 9) and ``kmax`` (Table 4) print the scores only, o
 score kind); ``kmax`` adds each row's pruned layers (dense-model indices) from its variant record.
 CSV files start with ``#`` provenance lines (read them with ``pandas.read_csv(path, comment="#")``) and contain no
 timestamps, so the same config and seed give byte-identical files.
+
+Uncertainty (docs/statistics.md): every cell, Avg and RP whose evaluations kept their items gets a 95% percentile
+bootstrap interval over items (``ci_low``, ``ci_high``; LaTeX ``±`` half its width), every row of a model
+resampled with the same draw per benchmark (`kdp.statistics`), so RP and differences are paired. Classification
+tables add, per row, the paired difference of its Avg from w/o Kernel (the row of method ``drop_blocks``) and from
+the best baseline (the highest Avg among the model's rows whose method is neither ``dense`` nor ``kdp``), with a
+bootstrap p-value and Holm's correction over the table's rows of each comparison (``kind`` paired_difference;
+``significant`` when the Holm-adjusted p-value is below 5%); LaTeX marks the Avg of such rows. A cell may hold
+several evaluations of one variant (e.g. one per seed): its value and replicates are their means.
 """
 
 from __future__ import annotations
@@ -20,11 +29,21 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from kdp import statistics
 from kdp.config import model_label, variant_label
+from kdp.errors import UserError
 from kdp.provenance import provenance
 
-TABLE_VERSION = 2
+TABLE_VERSION = 3
 DENSE_METHOD = "dense"
+KDP_METHOD = "kdp"
+WITHOUT_KERNEL_METHOD = "drop_blocks"
+COMPARISONS = ("w/o Kernel", "best baseline")
+INTERVALS = (f"{100 * statistics.CONFIDENCE:.0f}% percentile bootstrap over items, {statistics.REPLICATES} "
+             "replicates, one draw per (model, benchmark) seeded by the config seed and shared by the model's rows; "
+             "paired differences of Avg with Holm's correction per comparison")
 
 FORMULAS = {
     "classification": "Avg = mean of accuracies; RP = Avg / Avg(dense) * 100; Ratio = 1 - params/params(dense)",
@@ -39,35 +58,132 @@ def render_results_table(config: dict, name: str, evals: Sequence[dict],
                          records: dict[tuple[str, str], dict] | None = None) -> tuple[str, str]:
     """``records`` (model, variant) -> kdp_variant.json, needed by kind ``kmax`` for the pruned layers."""
     spec = config["tables"][name]
-    rows = _tidy_rows(config, spec, evals)
+    cells = _evaluations_per_cell(spec, evals)
+    rows = _tidy_rows(config, spec, cells)
     if spec["kind"] == "kmax":
         for row in rows:
             row["pruned_layers"] = pruned_layers(records[(row["model"], row["variant"])])
     summary = _summaries(config, spec, rows)
+    replicates = _cell_replicates(config, name, cells, rows)
+    for row in rows:
+        drawn = replicates.get((row["model"], row["variant"], row["benchmark"]))
+        row["ci"] = None if drawn is None else statistics.interval(drawn)
+    resampled = _summaries(config, spec, _resampled_rows(rows, replicates))
+    summary_ci = {key: {k: statistics.interval(v) for k, v in values.items()} for key, values in resampled.items()}
+    comparisons = _comparisons(config, spec, summary, resampled)
     header = _header(config, name, spec)
-    return header + _csv(rows, summary), _latex(config, name, spec, rows, summary)
+    return (header + _csv(rows, summary, summary_ci, comparisons),
+            _latex(config, name, spec, rows, summary, summary_ci, comparisons))
 
 
-def _tidy_rows(config: dict, spec: dict, evals: Sequence[dict]) -> list[dict[str, Any]]:
+def _evaluations_per_cell(spec: dict, evals: Sequence[dict]) -> dict[tuple[str, str], list[dict]]:
+    """(model, variant) -> its evaluations (one, or one per seed), in the table's order."""
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for result in evals:
+        cells.setdefault((result["model"], result["variant"]), []).append(result)
+    missing = [f"{m}/{v}" for m in spec["models"] for v in spec["variants"] if (m, v) not in cells]
+    if missing:
+        raise KeyError(f"no evaluation of {', '.join(missing)} was given to table {spec}")
+    return cells
+
+
+def _tidy_rows(config: dict, spec: dict, cells: dict[tuple[str, str], list[dict]]) -> list[dict[str, Any]]:
     kind = spec["kind"]
-    index = {(e["model"], e["variant"]): e for e in evals}
     rows = []
     for model in spec["models"]:
         for variant in spec["variants"]:
-            result = index.get((model, variant))
-            if result is None:
-                raise KeyError(f"no evaluation of {model}/{variant} was given to table {spec}")
+            results = cells[(model, variant)]
             for benchmark in spec.get("benchmarks") or config["evaluation"]["benchmarks"]:
-                score = result["scores"].get(benchmark)
+                scores = [r["scores"].get(benchmark) for r in results]
+                score = scores[0]
                 if score is None or not (kind in SCORE_ONLY_KINDS or score["table"] == kind):
                     continue  # ablation rows may be evaluated on a subset
                 rows.append({
                     "model": model, "variant": variant, "label": variant_label(config, variant),
-                    "ratio": result["ratio"], "benchmark": benchmark, "column": score["column"],
-                    "kind": score["kind"], "value": score["value"], "stderr": score.get("stderr"),
+                    "ratio": results[0]["ratio"], "benchmark": benchmark, "column": score["column"],
+                    "kind": score["kind"], "value": float(np.mean([s["value"] for s in scores])),
+                    "stderr": score.get("stderr") if len(scores) == 1 else None,
                     "chance": score.get("chance"), "n": score.get("n"),
                 })
     return rows
+
+
+# -- intervals and paired comparisons ------------------------------------------------------------------------------
+def _cell_replicates(config: dict, name: str, cells: dict[tuple[str, str], list[dict]], rows: list[dict]
+                     ) -> dict[tuple[str, str, str], np.ndarray]:
+    """Bootstrap replicates of each row's value; rows whose evaluations kept no items are left out."""
+    replicates = {}
+    for model, benchmark in dict.fromkeys((r["model"], r["benchmark"]) for r in rows):
+        variants = [r["variant"] for r in rows if r["model"] == model and r["benchmark"] == benchmark]
+        items = {}
+        for variant in variants:
+            records = [e["scores"][benchmark].get("items") for e in cells[(model, variant)]]
+            if all(records):
+                items.update({(variant, k): statistics.ItemScores.from_record(rec) for k, rec in enumerate(records)})
+        if not items:
+            continue
+        try:
+            drawn = statistics.paired_replicates(items, statistics.draw_seed(config["seed"], model, benchmark))
+        except ValueError as error:
+            raise UserError(f"table {name}, {model} {benchmark}: {error}") from None
+        for variant in dict.fromkeys(v for v, _ in items):
+            replicates[(model, variant, benchmark)] = np.mean([r for (v, _), r in drawn.items() if v == variant],
+                                                              axis=0)
+    return replicates
+
+
+def _resampled_rows(rows: list[dict], replicates: dict) -> list[dict]:
+    """The rows with replicate arrays for values, for the models whose every row has them."""
+    complete = {r["model"] for r in rows} - {r["model"] for r in rows
+                                              if (r["model"], r["variant"], r["benchmark"]) not in replicates}
+    return [{**r, "value": replicates[(r["model"], r["variant"], r["benchmark"])]} for r in rows
+            if r["model"] in complete]
+
+
+def _comparisons(config: dict, spec: dict, summary: dict, resampled: dict) -> list[dict[str, Any]]:
+    """Each row's Avg against w/o Kernel and against the best baseline of its model, Holm-corrected per comparison."""
+    if spec["kind"] != "classification":
+        return []
+    out = []
+    for comparison in COMPARISONS:
+        found = []
+        for model in spec["models"]:
+            reference = _comparison_reference(config, spec, summary, model, comparison)
+            if reference is None:
+                continue
+            for variant in spec["variants"]:
+                if (variant == reference or config["variants"][variant]["method"] == DENSE_METHOD
+                        or "Avg" not in summary.get((model, variant), {})):
+                    continue
+                found.append(_difference(summary, resampled, model, variant, reference, comparison))
+        tested = [c for c in found if c["p_value"] is not None]
+        for entry, adjusted in zip(tested, statistics.holm([c["p_value"] for c in tested])):
+            entry["p_holm"] = adjusted
+            entry["significant"] = adjusted < statistics.ALPHA
+        out += found
+    return out
+
+
+def _comparison_reference(config: dict, spec: dict, summary: dict, model: str, comparison: str) -> str | None:
+    """The variant a comparison measures against: the first row of method drop_blocks for w/o Kernel; for the best
+    baseline the highest Avg among rows of any other method than dense and kdp (the first of equal ones)."""
+    method = {v: config["variants"][v]["method"] for v in spec["variants"]}
+    if comparison == COMPARISONS[0]:
+        return next((v for v in spec["variants"] if method[v] == WITHOUT_KERNEL_METHOD), None)
+    baselines = [v for v in spec["variants"] if method[v] not in (DENSE_METHOD, KDP_METHOD)]
+    scored = [v for v in baselines if "Avg" in summary.get((model, v), {})]
+    return max(scored, key=lambda v: summary[(model, v)]["Avg"], default=None)
+
+
+def _difference(summary: dict, resampled: dict, model: str, variant: str, reference: str, comparison: str
+                ) -> dict[str, Any]:
+    entry = {"model": model, "variant": variant, "comparison": comparison, "reference": reference,
+             "value": summary[(model, variant)]["Avg"] - summary[(model, reference)]["Avg"],
+             "ci": None, "p_value": None, "p_holm": None, "significant": None}
+    if (model, variant) in resampled and (model, reference) in resampled:
+        drawn = resampled[(model, variant)]["Avg"] - resampled[(model, reference)]["Avg"]
+        entry.update(ci=statistics.interval(drawn), p_value=statistics.paired_p_value(drawn))
+    return entry
 
 
 def pruned_layers(record: dict) -> str:
@@ -77,7 +193,8 @@ def pruned_layers(record: dict) -> str:
     return "[" + ",".join(map(str, layers)) + "]"
 
 
-def _summaries(config: dict, spec: dict, rows: list[dict]) -> dict[tuple[str, str], dict[str, float]]:
+def _summaries(config: dict, spec: dict, rows: list[dict]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Avg, RP and their kin per (model, variant); values may be numbers or arrays of bootstrap replicates."""
     dense = {m: _dense_variant(config, spec, m) for m in spec["models"]}
     by_row: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
@@ -119,23 +236,41 @@ def _summary(kind: str, cells: list[dict], reference: list[dict] | None) -> dict
 
 def _header(config: dict, name: str, spec: dict) -> str:
     record = provenance(config, config["seed"], table=name, table_version=TABLE_VERSION,
-                        formula=FORMULAS[spec["kind"]])
+                        formula=FORMULAS[spec["kind"]], intervals=INTERVALS)
     return "".join(f"# {key}: {json.dumps(value, sort_keys=True)}\n" for key, value in record.items())
 
 
-def _csv(rows: list[dict], summary: dict) -> str:
-    fields = ["model", "variant", "label", "ratio", "benchmark", "column", "kind", "value", "stderr", "chance", "n"]
+CSV_FIELDS = ["model", "variant", "label", "ratio", "benchmark", "column", "kind", "value", "stderr", "chance", "n",
+              "ci_low", "ci_high", "reference", "p_value", "p_holm", "significant"]
+
+
+def _csv(rows: list[dict], summary: dict, summary_ci: dict, comparisons: list[dict]) -> str:
+    fields = list(CSV_FIELDS)
     if rows and "pruned_layers" in rows[0]:
         fields.insert(4, "pruned_layers")
+    first = {}
+    for row in rows:
+        first.setdefault((row["model"], row["variant"]), row)
     lines = [",".join(fields)]
     for row in rows:
-        lines.append(",".join(cell(row[f]) for f in fields))
-    for (model, variant), values in summary.items():
-        label = next(r["label"] for r in rows if r["model"] == model and r["variant"] == variant)
-        ratio = next(r["ratio"] for r in rows if r["model"] == model and r["variant"] == variant)
-        for key, value in values.items():
-            lines.append(",".join(cell(v) for v in (model, variant, label, ratio, key, key, "summary", value, None, None, None)))
+        lines.append(_csv_line(fields, row))
+    for key, values in summary.items():
+        for name, value in values.items():
+            lines.append(_csv_line(fields, {**first[key], "benchmark": name, "column": name, "kind": "summary",
+                                            "value": value, "ci": summary_ci.get(key, {}).get(name), "stderr": None,
+                                            "chance": None, "n": None}))
+    for entry in comparisons:
+        name = f"Avg - {entry['comparison']}"
+        lines.append(_csv_line(fields, {**first[(entry["model"], entry["variant"])], **entry, "benchmark": name,
+                                        "column": name, "kind": "paired_difference", "stderr": None, "chance": None,
+                                        "n": None}))
     return "\n".join(lines) + "\n"
+
+
+def _csv_line(fields: list[str], row: dict) -> str:
+    low, high = row.get("ci") or (None, None)
+    values = {**row, "ci_low": low, "ci_high": high}
+    return ",".join(cell(values.get(field)) for field in fields)
 
 
 def cell(value: Any) -> str:
@@ -154,7 +289,8 @@ def latex_escape(text: str) -> str:
     return "".join(replacements.get(ch, ch) for ch in text)
 
 
-def _latex(config: dict, name: str, spec: dict, rows: list[dict], summary: dict) -> str:
+def _latex(config: dict, name: str, spec: dict, rows: list[dict], summary: dict, summary_ci: dict,
+           comparisons: list[dict]) -> str:
     columns = list(dict.fromkeys(r["column"] for r in rows))
     chance = {r["column"]: r["chance"] for r in rows}
     counts = {r["column"]: r["n"] for r in rows}
@@ -185,17 +321,51 @@ def _latex(config: dict, name: str, spec: dict, rows: list[dict], summary: dict)
                 continue
             first = next(iter(cells.values()))
             values = [f"{100 * first['ratio']:.1f}\\%", *([first["pruned_layers"]] if layers else [])]
-            values += [fmt(cells[c]["value"]) if c in cells else "-" for c in columns]
-            values += [fmt(summary[(model, variant)].get(k)) for k in summary_keys]
+            values += [_with_interval(cells[c]["value"], cells[c]["ci"]) if c in cells else "-" for c in columns]
+            values += [_with_interval(summary[(model, variant)].get(k), summary_ci.get((model, variant), {}).get(k))
+                       + (_marks(comparisons, model, variant) if k == "Avg" else "") for k in summary_keys]
             lines.append(" & ".join([latex_escape(model_label(config, model)), latex_escape(first["label"]), *values])
                          + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     note = "; ".join(f"{latex_escape(c)}: chance {fmt(chance[c])}, {counts[c]} items"
                      for c in columns if chance.get(c) is not None)
+    note = ". ".join(part for part in (note, _interval_note(config, rows, comparisons)) if part)
     if note:
         lines.append(f"\\par\\smallskip\\footnotesize {note}")
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
+
+
+def _with_interval(value: float | None, ci: tuple[float, float] | None) -> str:
+    """A value and, compactly, half the width of its interval (``45.20{\\scriptsize$\\pm$3.1}``)."""
+    if value is None or ci is None:
+        return fmt(value)
+    width = statistics.half_width(*ci)
+    return f"{fmt(value)}{{\\scriptsize$\\pm${width:.{1 if width < 100 else 0}f}}}"
+
+
+MARKS = {COMPARISONS[0]: "k", COMPARISONS[1]: "b"}
+
+
+def _marks(comparisons: list[dict], model: str, variant: str) -> str:
+    """``$^{k+b-}$``: the row's Avg is above w/o Kernel and below the best baseline, both differences holding."""
+    held = [MARKS[c["comparison"]] + ("+" if c["value"] > 0 else "-") for c in comparisons
+            if c["model"] == model and c["variant"] == variant and c["significant"]]
+    return f"$^{{{''.join(held)}}}$" if held else ""
+
+
+def _interval_note(config: dict, rows: list[dict], comparisons: list[dict]) -> str:
+    if not any(row["ci"] for row in rows):
+        return ""
+    note = (f"$\\pm$: half the width of the {100 * statistics.CONFIDENCE:.0f}\\% bootstrap interval over items "
+            f"({statistics.REPLICATES} resamples, paired within a model; bounds in the CSV)")
+    if not any(c["p_value"] is not None for c in comparisons):
+        return note
+    best = dict.fromkeys((c["model"], c["reference"]) for c in comparisons if c["comparison"] == COMPARISONS[1])
+    named = ", ".join(f"{latex_escape(model_label(config, m))} {latex_escape(variant_label(config, v))}"
+                      for m, v in best)
+    return (f"{note}. Avg marks: the paired difference from w/o Kernel (k) or the best baseline (b; {named}) "
+            f"holds under Holm's correction at {100 * statistics.ALPHA:.0f}\\%, + above, - below")
 
 
 def fmt(value: float | None) -> str:

@@ -1,4 +1,6 @@
-"""The lm-eval wrapper on a micro model: numbers land in range, and one accuracy matches a brute-force recount."""
+"""The lm-eval wrapper on a micro model: numbers land in range, every item is kept and recomputes its score, one
+accuracy matches a brute-force recount item by item, and the shared-context scorer gives stock HFLM's
+log-likelihoods."""
 
 from __future__ import annotations
 
@@ -6,16 +8,21 @@ import json
 import math
 import os
 
+from types import SimpleNamespace
+
 import datasets.config
 import huggingface_hub.constants
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast
 
 from kdp import corpus, tasks
+from kdp.adapters import adapter_for
 from kdp.errors import UserError
 from kdp.evaluation import _documents_scored, _hub_offline, evaluate
+from kdp.hf_custom import apply_edit
+from kdp.statistics import ItemScores
 
 LIMIT = 6
 
@@ -31,14 +38,49 @@ def tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="</s>", eos_token="</s>", pad_token="</s>")
 
 
-@pytest.fixture(scope="module")
-def model(tokenizer) -> LlamaForCausalLM:
+# Weights drawn wider than transformers' 0.02, so that attention is sharp and a log-likelihood moves when a
+# position or a masked token is wrong (at 0.02 a micro model's outputs hardly depend on either).
+INIT_STD = 0.3
+
+
+def micro_llama(tokenizer, layers: int = 2) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                         initializer_range=INIT_STD,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
     return LlamaForCausalLM(config).eval()
+
+
+def micro_opt(tokenizer) -> OPTForCausalLM:
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=len(tokenizer), hidden_size=32, ffn_dim=64, num_hidden_layers=3,
+                       num_attention_heads=2, word_embed_proj_dim=32, max_position_embeddings=128, dropout=0.0,
+                       attention_dropout=0.0, init_std=INIT_STD, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return OPTForCausalLM(config).eval()
+
+
+def pruned_llama(tokenizer) -> LlamaForCausalLM:
+    """Layer 0 removed and layers 1-2 of the rest folded, as w/o Kernel and KDP leave a model."""
+    network = micro_llama(tokenizer, layers=5)
+    adapter = adapter_for(network)
+    adapter.remove_layers([0])
+    fold = {"kind": "kdp", "hidden_size": 32, "rff_dim": 16, "rank": 4, "inverse_hidden": 16,
+            "inverse_activation": "gelu", "output_size": 32}
+    apply_edit(adapter, {"factory": "kdp.methods.kdp:install_fold", "first": 1, "last": 2, "fold": fold})
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            if not parameter.abs().sum():  # the fold is built empty: give it weights to carry
+                parameter.normal_(0.0, INIT_STD)
+    return network.eval()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer) -> LlamaForCausalLM:
+    return micro_llama(tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +108,10 @@ def test_every_benchmark_gets_a_number_in_range(result):
             assert score["stderr"] is not None
         else:
             assert score["value"] > 1.0 and math.isfinite(score["value"])
-    assert result["lm_eval"]["max_length"] == 128
+        items = ItemScores.from_record(score["items"])  # every item kept, and they recompute the score
+        assert [leaf.doc_ids for leaf in items.leaves] == [tuple(range(LIMIT))]
+        assert float(items.value()) == pytest.approx(score["value"], rel=1e-9)
+    assert result["lm_eval"]["max_length"] == 128 and result["lm_eval"]["scorer"] == "SharedContextLM"
     json.dumps(result)  # the whole record goes into a JSON file
 
 
@@ -102,11 +147,52 @@ def _mutual_information(model, tokenizer, item: dict, choice: str) -> float:
 @pytest.mark.parametrize("name, score", [("kjv_cloze", _per_character), ("kjv_next_verse", _mutual_information)])
 def test_kjv_accuracy_matches_a_brute_force_recount(result, model, tokenizer, suite, name, score):
     items = [json.loads(line) for line in (suite / f"{name}.jsonl").read_text().splitlines()][:LIMIT]
-    correct = 0
+    correct = []
     for item in items:
         scores = [score(model, tokenizer, item, choice) for choice in item["choices"]]
-        correct += max(range(len(scores)), key=scores.__getitem__) == item["label"]
-    assert result["scores"][name]["value"] == pytest.approx(100.0 * correct / len(items))
+        correct.append(float(max(range(len(scores)), key=scores.__getitem__) == item["label"]))
+    assert result["scores"][name]["value"] == pytest.approx(100.0 * sum(correct) / len(items))
+    assert result["scores"][name]["items"]["leaves"][f"kdp_{name}"]["score"] == correct
+
+
+def choice_requests(suite, per_task: int = 8) -> list[SimpleNamespace]:
+    """(context, " choice") pairs of the embedded multiple-choice tasks, and each choice with an empty context as
+    acc_mutual_info asks for it: contexts of many lengths, continuations of one token and of many."""
+    requests = []
+    for name in ("kjv_next_verse", "kjv_cloze", "bb_general_knowledge", "bb_emoji_movie"):
+        for line in (suite / f"{name}.jsonl").read_text().splitlines()[:per_task]:
+            item = json.loads(line)
+            context = item.get("context") or f"Q: {item['question']}\nA:"
+            for choice in item["choices"]:
+                requests += [SimpleNamespace(args=(context, " " + choice)), SimpleNamespace(args=("", " " + choice))]
+    return requests
+
+
+@pytest.mark.parametrize("build, max_length", [(micro_llama, 128), (micro_opt, 128), (pruned_llama, 128),
+                                               (micro_llama, 64)])  # 64: the longest requests take the stock path
+def test_shared_context_scorer_gives_stock_hflm_log_likelihoods(tokenizer, suite, build, max_length):
+    from lm_eval.models.huggingface import HFLM
+
+    from kdp.shared_context_lm import SharedContextLM
+
+    network, requests = build(tokenizer), choice_requests(suite)
+    stock, shared = (cls(pretrained=network, tokenizer=tokenizer, batch_size=8, max_length=max_length)
+                     .loglikelihood(requests, disable_tqdm=True) for cls in (HFLM, SharedContextLM))
+    assert len(shared) == len(stock) == len(requests)
+    for (ours, ours_greedy), (theirs, theirs_greedy) in zip(shared, stock):
+        assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-4) and ours_greedy == theirs_greedy
+
+
+def test_either_scorer_gives_the_same_item_scores(result, model, tokenizer, suite):
+    stock = evaluate(model, tokenizer, list(tasks.SUITES["embedded"]), include_path=suite, limit=LIMIT,
+                     batch_size=4, max_length=512, seed=0, share_contexts=False)
+    assert stock["lm_eval"]["scorer"] == "HFLM"
+    for name, score in result["scores"].items():
+        theirs = stock["scores"][name]
+        assert score["value"] == pytest.approx(theirs["value"], rel=1e-9)
+        for leaf, kept in score["items"]["leaves"].items():
+            column = "score" if "score" in kept else "loglikelihood"
+            assert kept[column] == pytest.approx(theirs["items"]["leaves"][leaf][column], rel=1e-9)
 
 
 def test_lm_eval_provenance_is_recorded(result):

@@ -7,11 +7,12 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from kdp import flops, table_kinds
+from kdp import flops, statistics, table_kinds
 from kdp.adapters import adapter_for
 from kdp.config import load, validate
 from kdp.errors import UserError
@@ -100,6 +101,111 @@ def test_kmax_rows_carry_the_layers_each_variant_replaced(embedded):
     table = frame(csv_text)
     assert table.set_index("variant").loc["kdp_kmax3", "pruned_layers"] == "[10,11,12]"
     assert "Pruned Layers" in tex and "[6,7]" in tex
+
+
+# -- intervals and paired comparisons (kdp.statistics) ----------------------------------------------------------
+N_ITEMS = 200
+
+
+def itemized(variant: str, correct: dict[str, np.ndarray], ratio: float = 0.25, documents=None) -> dict:
+    """An evaluation that kept its items: 0/1 accuracies per benchmark, optionally perplexity documents."""
+    result = evaluation(variant, {b: 100.0 * float(np.mean(c)) for b, c in correct.items()}, ratio)
+    for benchmark, scores in correct.items():
+        result["scores"][benchmark]["items"] = {"statistic": "mean", "aggregation": "pooled", "scale": 100.0,
+                                                "leaves": {benchmark: {"doc_id": list(range(len(scores))),
+                                                                       "score": [float(v) for v in scores]}}}
+    if documents is not None:
+        loglikelihood, words = documents
+        result["scores"]["kjv_perplexity"] = {
+            **evaluation(variant, {"kjv_perplexity": 0.0})["scores"]["kjv_perplexity"],
+            "value": float(np.exp(-loglikelihood.sum() / words.sum())),
+            "items": {"statistic": "perplexity", "aggregation": "pooled", "scale": 1.0,
+                      "leaves": {"ppl": {"doc_id": list(range(len(words))), "loglikelihood": loglikelihood.tolist(),
+                                         "weight": words.tolist()}}}}
+    return result
+
+
+@pytest.fixture(scope="module")
+def paired_rows():
+    """Dense near 60%; w/o Kernel, SLEB and ShortGPT keep part of what dense gets right (ShortGPT most); KDP is
+    dense with three items lost; KDP+PEFT answers exactly as ShortGPT does."""
+    rng = np.random.default_rng(7)
+    dense = {b: rng.random(N_ITEMS) < 0.6 for b in ("bb_general_knowledge", "kjv_cloze")}
+    kept = {name: {b: d & (rng.random(N_ITEMS) < share) for b, d in dense.items()}
+            for name, share in (("wo_kernel", 0.6), ("sleb", 0.7), ("shortgpt", 0.8))}
+    kdp = {b: d.copy() for b, d in dense.items()}
+    kdp["kjv_cloze"][np.flatnonzero(kdp["kjv_cloze"])[:3]] = False
+    return {"dense": dense, **kept, "kdp": kdp, "kdp_peft": {b: c.copy() for b, c in kept["shortgpt"].items()}}
+
+
+def test_every_cell_avg_and_rp_gets_a_paired_interval(embedded, paired_rows):
+    config = with_table(embedded, kind="classification", models=[MODEL], variants=list(paired_rows),
+                        benchmarks=["bb_general_knowledge", "kjv_cloze"])
+    evals = [itemized(v, correct, 0.0 if v == "dense" else 0.25) for v, correct in paired_rows.items()]
+    csv_text, tex = table_kinds.render(config, "table99", {"evals": evals})
+    assert_compilable(tex)
+    table = frame(csv_text)
+    scored = table[table["kind"].isin(["accuracy", "summary"])]
+    assert scored[["ci_low", "ci_high"]].notna().all().all()
+    assert ((scored["ci_low"] <= scored["value"] + 1e-9) & (scored["value"] <= scored["ci_high"] + 1e-9)).all()
+    row = table.set_index(["variant", "benchmark"])
+    assert tuple(row.loc[("dense", "RP"), ["ci_low", "ci_high"]]) == (100.0, 100.0)
+    # KDP differs from dense in three of 400 items: its RP interval is narrow because dense and KDP are resampled
+    # together, though each of its cells alone is uncertain by about +-7 points
+    assert row.loc[("kdp", "RP"), "ci_high"] - row.loc[("kdp", "RP"), "ci_low"] < 3.0
+    assert row.loc[("kdp", "kjv_cloze"), "ci_high"] - row.loc[("kdp", "kjv_cloze"), "ci_low"] > 10.0
+    value = row.loc[("kdp", "Avg"), "value"]
+    assert f"{value:.2f}{{\\scriptsize$\\pm$" in tex  # the printed number is unchanged, its +- follows
+
+
+def test_rows_are_tested_against_w_o_kernel_and_the_best_baseline_with_holm(embedded, paired_rows):
+    config = with_table(embedded, kind="classification", models=[MODEL], variants=list(paired_rows),
+                        benchmarks=["bb_general_knowledge", "kjv_cloze"])
+    evals = [itemized(v, correct, 0.0 if v == "dense" else 0.25) for v, correct in paired_rows.items()]
+    csv_text, tex = table_kinds.render(config, "table99", {"evals": evals})
+    tests = frame(csv_text).query("kind == 'paired_difference'").set_index(["benchmark", "variant"])
+    kernel, best = tests.loc["Avg - w/o Kernel"], tests.loc["Avg - best baseline"]
+    assert set(kernel.index) == {"sleb", "shortgpt", "kdp", "kdp_peft"} and set(kernel["reference"]) == {"wo_kernel"}
+    assert set(best.index) == {"wo_kernel", "sleb", "kdp", "kdp_peft"} and set(best["reference"]) == {"shortgpt"}
+    for family in (kernel, best):
+        assert family["p_holm"].tolist() == pytest.approx(statistics.holm(family["p_value"].tolist()))
+        assert (family["significant"] == (family["p_holm"] < 0.05)).all()
+    # KDP+PEFT answers every item as ShortGPT does: a zero difference with a zero-width interval, not significant
+    same = best.loc["kdp_peft"]
+    assert (same["value"], same["ci_low"], same["ci_high"], same["p_value"]) == (0.0, 0.0, 0.0, 1.0)
+    assert not same["significant"]
+    assert kernel.loc["kdp", "significant"] and best.loc["kdp", "significant"] and kernel.loc["kdp", "value"] > 0
+    kdp_line = next(line for line in tex.splitlines() if line.split(" & ")[1:2] == ["Ours"])
+    assert "$^{k+b+}$" in kdp_line
+    assert "best baseline (b; SmolLM2-135M ShortGPT)" in tex
+
+
+def test_generation_intervals_and_several_evaluations_of_one_cell(embedded):
+    config = with_table(embedded, kind="generation", models=[MODEL], variants=["dense", "kdp"],
+                        benchmarks=["kjv_perplexity"])
+    rng = np.random.default_rng(3)
+    words = rng.integers(200, 400, size=30).astype(float)
+    dense_ll = -words * rng.uniform(2.0, 3.0, size=30)
+    evals = [itemized("dense", {}, 0.0, (dense_ll, words)), itemized("kdp", {}, 0.25, (dense_ll * 1.1, words)),
+             itemized("kdp", {}, 0.25, (dense_ll * 1.3, words))]
+    table = frame(table_kinds.render(config, "table99", {"evals": evals})[0]).set_index(["variant", "benchmark"])
+    seeds = [np.exp(-(dense_ll * f).sum() / words.sum()) for f in (1.1, 1.3)]
+    assert table.loc[("kdp", "kjv_perplexity"), "value"] == pytest.approx(np.mean(seeds), rel=1e-5)
+    assert pd.isna(table.loc[("kdp", "kjv_perplexity"), "stderr"])  # lm-eval's stderr is one run's
+    low, high = table.loc[("kdp", "RP(PPL)"), ["ci_low", "ci_high"]]
+    assert low <= table.loc[("kdp", "RP(PPL)"), "value"] <= high and high - low > 0
+
+
+def test_intervals_need_the_same_items_and_are_absent_without_them(embedded, paired_rows):
+    config = with_table(embedded, kind="classification", models=[MODEL], variants=["dense", "kdp"],
+                        benchmarks=["kjv_cloze"])
+    dense, kdp = itemized("dense", paired_rows["dense"], 0.0), itemized("kdp", paired_rows["kdp"])
+    kdp["scores"]["kjv_cloze"]["items"]["leaves"]["kjv_cloze"]["doc_id"][:2] = [1, 0]
+    with pytest.raises(UserError, match="table99, smollm2-135m kjv_cloze: items of .*same order"):
+        table_kinds.render(config, "table99", {"evals": [dense, kdp]})
+    plain = [evaluation("dense", {"kjv_cloze": 40.0}, 0.0), evaluation("kdp", {"kjv_cloze": 30.0})]
+    csv_text, tex = table_kinds.render(config, "table99", {"evals": plain})
+    assert frame(csv_text)[["ci_low", "ci_high"]].isna().all().all() and "pm" not in tex
 
 
 # -- Table 5 and Table 8 from variant records -------------------------------------------------------------------

@@ -76,6 +76,17 @@ def test_micro_dag_runs_end_to_end(tmp_path):
     ratios = table1.groupby(["model", "variant"])["ratio"].first()
     assert all(ratios.loc[(m, "dense")] == 0 for m in ("micro-llama", "micro-opt"))
     assert all(ratios.loc[(m, v)] > 0.2 for m in ("micro-llama", "micro-opt") for v in ("wo_kernel", "kdp"))
+    # intervals from the evaluations' items (docs/statistics.md): every score cell, Avg and RP, and each row's
+    # paired Avg difference from w/o Kernel and from the best baseline
+    scored = table1[table1["kind"].isin(["accuracy", "summary"])]
+    assert scored[["ci_low", "ci_high"]].notna().all().all()
+    assert ((scored["ci_low"] <= scored["value"] + 1e-9) & (scored["value"] <= scored["ci_high"] + 1e-9)).all()
+    tests = table1[table1["kind"] == "paired_difference"]
+    assert set(tests["benchmark"]) == {"Avg - w/o Kernel", "Avg - best baseline"} and tests["p_holm"].notna().all()
+    assert r"{\scriptsize$\pm$" in (workdir / "results" / "table1.tex").read_text()
+    for name in ("table2", "table3"):
+        cells = pd.read_csv(workdir / "results" / f"{name}.csv", comment="#")
+        assert cells.loc[cells["kind"] != "paired_difference", ["ci_low", "ci_high"]].notna().all().all(), name
     configured = yaml.safe_load((workdir / "config" / "config.yaml").read_text())["tables"]
     for name in [*configured, "audit"]:
         assert_compilable((workdir / "results" / f"{name}.tex").read_text())
