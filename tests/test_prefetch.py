@@ -310,3 +310,32 @@ def test_the_prefetch_target_of_the_embedded_config_writes_an_empty_manifest(tmp
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((tmp_path / "results" / "prefetch" / "manifest.json").read_text())
     assert manifest["assets"] == [] and manifest["provenance"]["seed"] == 0
+
+
+def test_a_hub_model_and_its_calibration_run_offline_from_the_prefetched_cache(hub, tmp_path, monkeypatch):
+    """base_model records the local snapshot (so no later job needs the hub), calibration tokenises the streamed
+    hub rows with that snapshot's tokenizer, and both record the commit they read."""
+    from kdp import steps
+    from kdp.calibration import CalibrationSet
+    from kdp.embedded import micro
+
+    micro.materialize("micro-llama", tmp_path / "built", seed=0)
+    hub.repos["org/micro"] = {p.name: p.read_bytes() for p in (tmp_path / "built").iterdir()}
+    hub.repos["haonan-li/cmmlu"] = _cmmlu_repo(test_rows=30)
+    config = load(REPO / "tests" / "fixtures" / "faults" / "micro.yaml")
+    config["models"] = {"m": {"source": "hub:org/micro", "label": "M", "overrides": {}}}
+    config["calibration"]["standard"] = {"max_length": 32, "sources": [{"name": "cmmlu", "samples": 12}]}
+    prefetch.fetch_model(config, "m", "org/micro", "main", str(tmp_path / "m.json"))
+    prefetch.fetch_calibration_source(config, "cmmlu", 24, str(tmp_path / "cmmlu.json"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", None)  # a compute node: nothing may download
+    monkeypatch.setattr(huggingface_hub, "HfApi", None)
+
+    steps.base_model(config, "m", str(tmp_path / "base"), asset=str(tmp_path / "m.json"))
+    manifest = json.loads((tmp_path / "base" / "manifest.json").read_text())
+    assert manifest["weights"] == str(hub.cache / "models--org--micro" / "snapshots" / COMMIT)
+    assert manifest["details"]["commit"] == COMMIT and manifest["source"] == "hub:org/micro"
+    steps.calibration(config, "m", "standard", str(tmp_path / "base"), str(tmp_path / "calib.safetensors"),
+                      sources=[str(tmp_path / "cmmlu.json")])
+    built = CalibrationSet.load(tmp_path / "calib.safetensors")
+    assert built.num_samples == 12 and built.sources == ["cmmlu"] * 12
+    assert built.meta["hub_sources"] == {"cmmlu": {"repo": "haonan-li/cmmlu", "commit": COMMIT}}
