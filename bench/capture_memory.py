@@ -36,11 +36,14 @@ def write_checkpoint(config_name: str, layers: int, out: Path) -> dict:
     config.num_hidden_layers = layers
     with init_empty_weights():
         skeleton = AutoModelForCausalLM.from_config(config)
-    shapes = {name: tuple(p.shape) for name, p in skeleton.state_dict().items()}
+    # a tied head (OPT) is left out of the checkpoint, as the hub repositories do, so loading ties it again
+    tied = set(getattr(skeleton, "_tied_weights_keys", None) or {}) if config.tie_word_embeddings else set()
+    shapes = {name: tuple(p.shape) for name, p in skeleton.state_dict().items() if name not in tied}
     groups: dict[str, list[str]] = {}
-    for name in shapes:
+    for name in shapes:  # model.layers.N.* (LLaMA) or model.decoder.layers.N.* (OPT)
         parts = name.split(".")
-        groups.setdefault(f"layer-{int(parts[2]):03d}" if parts[1] == "layers" else "rest", []).append(name)
+        layer = parts[parts.index("layers") + 1] if "layers" in parts else None
+        groups.setdefault(f"layer-{int(layer):03d}" if layer is not None else "rest", []).append(name)
     generator = torch.Generator().manual_seed(0)
     weight_map = {}
     for group, names in sorted(groups.items()):
@@ -50,7 +53,7 @@ def write_checkpoint(config_name: str, layers: int, out: Path) -> dict:
     (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     config.save_pretrained(out)
     layer_params = sum(int(torch.tensor(shapes[n]).prod()) for n in groups["layer-000"])
-    embed_params = int(torch.tensor(shapes["model.embed_tokens.weight"]).prod())
+    embed_params = int(torch.tensor(next(v for n, v in shapes.items() if n.endswith("embed_tokens.weight"))).prod())
     return {"layer_params": layer_params, "embed_params": embed_params, "hidden_size": config.hidden_size}
 
 

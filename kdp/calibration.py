@@ -3,14 +3,15 @@
 A calibration set is a mix of sources (config ``calibration.<name>.sources``), each contributing ``samples``
 samples, tokenised with the model's own tokenizer, truncated to ``max_length`` and right-padded; the mask marks
 real tokens. The embedded default draws from the King James train split only (never the books its evaluation
-tasks come from). The paper profile's sources are hub datasets, formatted as plain text per Section 4.1.
+tasks come from). The paper profile's sources are hub datasets, formatted as plain text per Section 4.1, read
+offline from the parquet files `kdp.prefetch` fetched once (see `HubSource`).
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,35 +116,87 @@ def _kjv_passages(count: int, rng: random.Random, min_words: int = 160) -> list[
     return passages
 
 
+PARQUET_EXPORT = "refs/convert/parquet"
+
+
 @dataclass(frozen=True)
 class HubSource:
-    """A hub dataset formatted to plain text; used by the paper profile where the hub is reachable."""
+    """A hub dataset read from the parquet files of a pinned revision, formatted to plain text (paper profile).
 
-    path: str
-    config: str | None
-    split: str
+    Every source reads the hub's own parquet export (revision ``refs/convert/parquet``): one standard layout,
+    ``{config}/{split}/*.parquet`` (``partial-{split}`` where the hub exported only the first 5 GB), and no
+    dataset loading script is ever run, whatever the repository's main branch holds. ``snakemake prefetch``
+    (`kdp.prefetch`) downloads the files and pins the export's commit; the calibration job then reads them
+    offline, one row group at a time, and takes exactly the rows its seeded draw asks for.
+    """
+
+    repo: str
+    config: str  # "*" = every config (CMMLU ships one per subject)
+    splits: tuple[str, ...]  # drawn in this order: a later split only once the earlier ones are used up
+    columns: tuple[str, ...]  # what ``format`` reads, and all the job reads from the files
     format: Callable[[dict], str]
+    evidence: str  # why this id: which lm-eval task or official code uses it
+    revision: str = PARQUET_EXPORT
 
-    def __call__(self, count: int, rng: random.Random) -> list[str]:
-        from datasets import concatenate_datasets, get_dataset_config_names, load_dataset
+    def file_patterns(self, split: str) -> tuple[str, str]:
+        return f"{self.config}/{split}/*.parquet", f"{self.config}/partial-{split}/*.parquet"
 
-        try:
-            # "*" = every config of the dataset (CMMLU ships one per subject; the paper does not say which it used).
-            configs = get_dataset_config_names(self.path) if self.config == "*" else [self.config]
-            rows = concatenate_datasets([load_dataset(self.path, c, split=self.split) for c in configs])
-        except Exception as error:  # datasets raises many types when offline or the id is wrong
-            raise UserError(
-                f"calibration source {self.path!r} ({self.config}, {self.split}) cannot be loaded: "
-                f"{str(error).splitlines()[0]}; it needs the Hugging Face hub or a warm datasets cache"
-            ) from error
-        texts = []
-        for index in rng.sample(range(len(rows)), len(rows)):
-            text = self.format(rows[index])
-            if text.strip():  # WikiText-2 interleaves empty lines with paragraphs
-                texts.append(text)
-                if len(texts) == count:
-                    return texts
-        raise UserError(f"calibration source {self.path!r} has {len(texts)} non-empty rows, fewer than {count} requested")
+    def texts(self, count: int, rng: random.Random, files: Mapping[str, Sequence[tuple[Path, int]]],
+              where: str) -> list[str]:
+        """``count`` non-empty texts: rows in a seeded order, split by split, read one row group at a time."""
+        texts: list[str] = []
+        for split in self.splits:
+            rows = ParquetRows(files.get(split, ()), self.columns)
+            order = list(range(rows.total))
+            rng.shuffle(order)
+            position = 0
+            while len(texts) < count and position < len(order):
+                # a little more than still missing, since some rows are empty (WikiText-2 interleaves blank lines)
+                chunk = order[position : position + (count - len(texts)) * 5 // 4 + 8]
+                position += len(chunk)
+                read = rows.read(chunk)
+                for index in chunk:
+                    text = self.format(read[index])
+                    if text.strip():
+                        texts.append(text)
+                        if len(texts) == count:
+                            return texts
+        raise UserError(f"{where}: calibration source {self.repo!r} ({self.config}, {'+'.join(self.splits)}) has "
+                        f"{len(texts)} non-empty rows in its prefetched files, fewer than {count} requested; "
+                        "allowed: fewer samples")
+
+
+class ParquetRows:
+    """Rows of local parquet files addressed by one running index; only the row groups asked for are read."""
+
+    def __init__(self, files: Sequence[tuple[Path, int]], columns: Sequence[str]) -> None:
+        import pyarrow.parquet as pq
+
+        self.columns = list(columns)
+        self.groups: list[tuple[Path, int, int]] = []  # (file, row group, first running index)
+        self.total = 0
+        for path, _ in files:
+            metadata = pq.ParquetFile(path).metadata
+            for group in range(metadata.num_row_groups):
+                self.groups.append((Path(path), group, self.total))
+                self.total += metadata.row_group(group).num_rows
+        self.starts = [start for _, _, start in self.groups]
+
+    def read(self, indices: Sequence[int]) -> dict[int, dict]:
+        import bisect
+
+        import pyarrow.parquet as pq
+
+        wanted: dict[int, list[int]] = {}
+        for index in indices:
+            wanted.setdefault(bisect.bisect_right(self.starts, index) - 1, []).append(index)
+        rows = {}
+        for group_index in sorted(wanted):
+            path, group, start = self.groups[group_index]
+            table = pq.ParquetFile(path).read_row_group(group, columns=self.columns)
+            for index in wanted[group_index]:
+                rows[index] = table.slice(index - start, 1).to_pylist()[0]
+        return rows
 
 
 def _alpaca_prompt(row: dict) -> str:
@@ -157,53 +210,81 @@ def _choices_text(question: str, choices: list[str], answer: str) -> str:
     return f"{question}\n" + "\n".join(choices) + f"\nAnswer: {answer}"
 
 
+def _race_text(row: dict) -> str:
+    return _choices_text(row["article"] + "\n" + row["question"], row["options"], row["answer"])
+
+
+_LM_EVAL = "the id lm-eval 0.4.13's task {task!r} loads (unchanged on lm-eval main of 2026-08-21)"
 HUB_SOURCES: dict[str, HubSource] = {
-    "piqa": HubSource("baber/piqa", None, "train",
-                      lambda r: f"Goal: {r['goal']}\nSolution: {r['sol1'] if r['label'] == 0 else r['sol2']}"),
-    "cmmlu": HubSource("haonan-li/cmmlu", "*", "dev",
-                       lambda r: _choices_text(r["Question"], [r["A"], r["B"], r["C"], r["D"]], r["Answer"])),
-    "boolq": HubSource("aps/super_glue", "boolq", "train",
-                       lambda r: f"{r['passage']}\nQuestion: {r['question']}?\nAnswer: {'yes' if r['label'] else 'no'}"),
-    "c3": HubSource("clue/clue", "c3", "train",
-                    lambda r: _choices_text(" ".join(r["context"]) + "\n" + r["question"], r["choice"], r["answer"])),
-    "mnli": HubSource("nyu-mll/glue", "mnli", "train",
-                      lambda r: f"{r['premise']}\nQuestion: {r['hypothesis']}\nLabel: {r['label']}"),
-    "race-high": HubSource("ehovy/race", "high", "train",
-                           lambda r: _choices_text(r["article"] + "\n" + r["question"], r["options"], r["answer"])),
-    "race-middle": HubSource("ehovy/race", "middle", "train",
-                             lambda r: _choices_text(r["article"] + "\n" + r["question"], r["options"], r["answer"])),
-    "slimpajama": HubSource("DKYoon/SlimPajama-6B", None, "train", lambda r: r["text"]),
-    "coqa": HubSource("EleutherAI/coqa", None, "train", lambda r: r["story"]),
-    "hellaswag": HubSource("Rowan/hellaswag", None, "train", lambda r: r["ctx"] + " " + r["endings"][int(r["label"])]),
-    "wikitext2": HubSource("Salesforce/wikitext", "wikitext-2-raw-v1", "train", lambda r: r["text"]),
-    "pg19": HubSource("emozilla/pg19", None, "validation", lambda r: r["text"]),
-    "alpaca": HubSource("tatsu-lab/alpaca", None, "train", lambda r: r["text"]),
-    "alpaca-cleaned": HubSource("yahma/alpaca-cleaned", None, "train", lambda r: _alpaca_prompt(r)),
-    "bookcorpus": HubSource("bookcorpus/bookcorpus", None, "train", lambda r: r["text"]),
+    "piqa": HubSource("baber/piqa", "default", ("train",), ("goal", "sol1", "sol2", "label"),
+                      lambda r: f"Goal: {r['goal']}\nSolution: {r['sol1'] if r['label'] == 0 else r['sol2']}",
+                      _LM_EVAL.format(task="piqa")),
+    # CMMLU has no train split and its dev split only 335 items (5 per subject): the paper's 500 are the 335 dev
+    # items and 165 test items, which the CMMLU evaluation also scores (165 of its 11,582; docs/cluster.md).
+    "cmmlu": HubSource("haonan-li/cmmlu", "*", ("dev", "test"), ("Question", "A", "B", "C", "D", "Answer"),
+                       lambda r: _choices_text(r["Question"], [r["A"], r["B"], r["C"], r["D"]], r["Answer"]),
+                       _LM_EVAL.format(task="cmmlu")),
+    "boolq": HubSource("aps/super_glue", "boolq", ("train",), ("passage", "question", "label"),
+                       lambda r: f"{r['passage']}\nQuestion: {r['question']}?\nAnswer: {'yes' if r['label'] else 'no'}",
+                       _LM_EVAL.format(task="boolq")),
+    "c3": HubSource("clue/clue", "c3", ("train",), ("context", "question", "choice", "answer"),
+                    lambda r: _choices_text(" ".join(r["context"]) + "\n" + r["question"], r["choice"], r["answer"]),
+                    "CLUE's hub dataset, as the paper suite's custom kdp_c3 task (lm-eval has no C3 task)"),
+    "mnli": HubSource("nyu-mll/glue", "mnli", ("train",), ("premise", "hypothesis", "label"),
+                      lambda r: f"{r['premise']}\nQuestion: {r['hypothesis']}\nLabel: {r['label']}",
+                      _LM_EVAL.format(task="mnli")),
+    "race-high": HubSource("ehovy/race", "high", ("train",), ("article", "question", "options", "answer"),
+                           _race_text, "one row per question (lm-eval's EleutherAI/race holds one row per article "
+                           "and only the high-school part), as the paper suite's kdp_race tasks"),
+    "race-middle": HubSource("ehovy/race", "middle", ("train",), ("article", "question", "options", "answer"),
+                             _race_text, "as race-high, middle-school part"),
+    "slimpajama": HubSource("DKYoon/SlimPajama-6B", "default", ("train",), ("text",), lambda r: r["text"],
+                            "a 6B-token sample of SlimPajama (Streamline's data; the paper names SlimPajama)"),
+    "coqa": HubSource("EleutherAI/coqa", "default", ("train",), ("story",), lambda r: r["story"],
+                      _LM_EVAL.format(task="coqa")),
+    "hellaswag": HubSource("Rowan/hellaswag", "default", ("train",), ("ctx", "endings", "label"),
+                           lambda r: r["ctx"] + " " + r["endings"][int(r["label"])], _LM_EVAL.format(task="hellaswag")),
+    "wikitext2": HubSource("Salesforce/wikitext", "wikitext-2-raw-v1", ("train",), ("text",), lambda r: r["text"],
+                           "the line-level WikiText-2 that SLEB's and SliceGPT's official code load"),
+    "pg19": HubSource("emozilla/pg19", "default", ("validation",), ("text",), lambda r: r["text"],
+                      "a parquet copy of PG-19 (ShortGPT's official code reads pg19 validation books)"),
+    "alpaca": HubSource("tatsu-lab/alpaca", "default", ("train",), ("text",), lambda r: r["text"],
+                        "the id SliceGPT's official recovery fine-tuning loads"),
+    "alpaca-cleaned": HubSource("yahma/alpaca-cleaned", "default", ("train",), ("instruction", "input", "output"),
+                                _alpaca_prompt, "the id LLM-Pruner's official recovery script loads"),
+    "bookcorpus": HubSource("bookcorpus/bookcorpus", "plain_text", ("train",), ("text",), lambda r: r["text"],
+                            "the id LLM-Pruner's official importance samples come from"),
 }
 
 EMBEDDED_SOURCES: dict[str, TextSource] = {"kjv": _kjv_passages}
+# What a calibration job has of each hub source: {source: {split: [(local parquet file, size in bytes), ...]}}.
+HubFiles = Mapping[str, Mapping[str, Sequence[tuple[Path, int]]]]
 
 
 def source_names() -> list[str]:
     return sorted([*EMBEDDED_SOURCES, *HUB_SOURCES])
 
 
-def _texts(source: str, count: int, rng: random.Random, where: str) -> list[str]:
+def _texts(source: str, count: int, rng: random.Random, where: str, hub: HubFiles) -> list[str]:
     if source in EMBEDDED_SOURCES:
         return EMBEDDED_SOURCES[source](count, rng)
     if source in HUB_SOURCES:
-        return HUB_SOURCES[source](count, rng)
+        if source not in hub:
+            raise UserError(f"{where}: calibration source {source!r} has no prefetched files; allowed: a source "
+                            "fetched by `snakemake prefetch` (its record is an input of the calibration rule)")
+        return HUB_SOURCES[source].texts(count, rng, hub[source], where)
     raise UserError(f"{where}: calibration source {source!r} is unknown; allowed: {', '.join(source_names())}")
 
 
-def build(spec: dict[str, Any], tokenizer, seed: int, where: str) -> CalibrationSet:
+def build(spec: dict[str, Any], tokenizer, seed: int, where: str, hub: HubFiles | None = None) -> CalibrationSet:
     """Tokenise the configured mix; sources are drawn in config order with one seeded generator each.
 
     By default every sample is one text, truncated to ``max_length``. A source with ``pack: true`` has its texts
     tokenised whole, concatenated and cut into ``samples`` consecutive windows of ``max_length`` tokens, the way
-    ShortGPT (pg19 books) and SLEB/SliceGPT (WikiText-2) build their calibration windows.
+    ShortGPT (pg19 books) and SLEB/SliceGPT (WikiText-2) build their calibration windows. ``hub`` holds the
+    prefetched files of the hub sources the spec names.
     """
+    hub = hub or {}
     max_length = int(spec["max_length"])
     ids_rows: list[list[int]] = []
     names: list[str] = []
@@ -211,9 +292,9 @@ def build(spec: dict[str, Any], tokenizer, seed: int, where: str) -> Calibration
         rng = random.Random(f"{seed}:{position}:{source['name']}")
         here = f"{where}.sources[{position}]"
         count = int(source["samples"])
-        rows = (_packed_windows(source["name"], count, max_length, tokenizer, rng, here) if source.get("pack")
+        rows = (_packed_windows(source["name"], count, max_length, tokenizer, rng, here, hub) if source.get("pack")
                 else [tokenizer(t, truncation=True, max_length=max_length)["input_ids"]
-                      for t in _texts(source["name"], count, rng, here)])
+                      for t in _texts(source["name"], count, rng, here, hub)])
         ids_rows += rows
         names += [source["name"]] * len(rows)
     lengths = [len(row) for row in ids_rows]
@@ -232,12 +313,12 @@ def build(spec: dict[str, Any], tokenizer, seed: int, where: str) -> Calibration
 
 
 def _packed_windows(source: str, count: int, max_length: int, tokenizer, rng: random.Random,
-                    where: str) -> list[list[int]]:
+                    where: str, hub: HubFiles) -> list[list[int]]:
     """``count`` consecutive ``max_length``-token windows of the source's texts joined end to end."""
     stream: list[int] = []
     drawn = count
     while len(stream) < count * max_length:
-        texts = _texts(source, drawn, rng, where)
+        texts = _texts(source, drawn, rng, where, hub)
         stream = [token for text in texts for token in tokenizer(text, verbose=False)["input_ids"]]
         if drawn >= 64 * count:
             raise UserError(f"{where}: source {source!r} gives only {len(stream)} tokens from {drawn} texts, fewer "

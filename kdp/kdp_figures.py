@@ -1,4 +1,5 @@
-"""Figures 3, 4 and 5 of the paper, drawn from the per-block KDP fit records (results/kdp/{model}/{variant}/block_*/).
+"""Figures 3, 4 and 5 of the paper, drawn from the per-block KDP fit records (results/kdp/{model}/{variant}/block_*/);
+the workflow draws them as ``figures:`` entries of kinds ``kdp_training``, ``kernel_space`` and ``operator_norms``.
 
 * Figure 3 (training dynamics): Step 1 loss (train and held-out), Step 1 held-out k-step cosine between the
   predicted (A_k ... A_1) phi(h_l) and the true phi(h_{l+k}), and the Step 2 loss: the training loss in the space
@@ -107,16 +108,19 @@ def grid_shape(size: int) -> tuple[int, int]:
     return rows, size // rows
 
 
-def figure4(predicted: np.ndarray, truth: np.ndarray, title: str = "", rows: tuple[int, ...] = FIGURE4_ROWS):
-    """Predicted, true and difference heatmaps of the chosen token rows of one sample's kernel-space features."""
-    if predicted.shape != truth.shape or predicted.ndim != 2:
-        raise UserError(f"figure 4: predicted {predicted.shape} and true {truth.shape} features; allowed: equal "
-                        "(tokens, 2m) arrays")
-    available = [row for row in rows if row < truth.shape[0]] or [truth.shape[0] - 1]
-    shape = grid_shape(truth.shape[1])
-    figure, axes = plt.subplots(len(available), 3, figsize=(9.5, 3.0 * len(available)), squeeze=False,
-                             layout="constrained")
-    for axes_row, token in zip(axes, available):
+def figure4(samples: list[tuple[str, np.ndarray, np.ndarray]], title: str = "", rows: tuple[int, ...] = FIGURE4_ROWS):
+    """Predicted, true and difference heatmaps of the chosen token rows of one held-out sample per (label,
+    predicted, truth) entry (one model's first block each)."""
+    for label, predicted, truth in samples:
+        if predicted.shape != truth.shape or predicted.ndim != 2:
+            raise UserError(f"figure 4 ({label}): predicted {predicted.shape} and true {truth.shape} features; "
+                            "allowed: equal (tokens, 2m) arrays")
+    panels = [(label, predicted, truth, token) for label, predicted, truth in samples
+              for token in ([row for row in rows if row < truth.shape[0]] or [truth.shape[0] - 1])]
+    figure, axes = plt.subplots(len(panels), 3, figsize=(9.5, 3.0 * len(panels)), squeeze=False,
+                                layout="constrained")
+    for axes_row, (label, predicted, truth, token) in zip(axes, panels):
+        shape = grid_shape(truth.shape[1])
         pred, true = predicted[token].reshape(shape), truth[token].reshape(shape)
         low, high = min(pred.min(), true.min()), max(pred.max(), true.max())
         for axis, values, name, extra in (
@@ -125,7 +129,7 @@ def figure4(predicted: np.ndarray, truth: np.ndarray, title: str = "", rows: tup
             (axes_row[2], pred - true, "difference", {"cmap": "coolwarm"}),
         ):
             image = axis.imshow(values, aspect="auto", interpolation="nearest", **extra)
-            axis.set_title(f"token {token}: {name}", fontsize=8)
+            axis.set_title(f"{label}, token {token}: {name}", fontsize=8)
             axis.set_xticks([])
             axis.set_yticks([])
             figure.colorbar(image, ax=axis, fraction=0.046)
@@ -155,27 +159,41 @@ def figure5(fits: list[tuple[str, dict]], title: str = ""):
     return figure
 
 
+# Figures 3-5 as `figures:` config kinds (kdp/figures): each draws every block fit of the figure's models.
+FIT_FIGURES = {"kdp_training": "figure3", "kernel_space": "figure4", "operator_norms": "figure5"}
+
+
+def draw_fit_figure(kind: str, fit_dirs: dict[str, list[str | Path]], outputs: dict[str, str | Path],
+                    title: str = "", provenance: dict[str, Any] | None = None) -> None:
+    """One of Figures 3-5 from ``{model label: its block fit directories}``; ``outputs`` maps png/pdf to paths.
+
+    Every block's curves are labelled "<model>, layers a-b"; Figure 4 shows one held-out sample of each model's
+    first block, as the paper shows one of LLaMA-2-7B.
+    """
+    fits = [(f"{model}, {label}" if model else label, record)
+            for model, dirs in fit_dirs.items() for label, record in load_fits(dirs)]
+    if kind == "kdp_training":
+        figure = figure3(fits, title)
+    elif kind == "operator_norms":
+        figure = figure5(fits, title)
+    elif kind == "kernel_space":
+        samples = []
+        for model, dirs in fit_dirs.items():
+            first = sorted(Path(d) for d in dirs)[0]
+            sample = np.load(first / KERNEL_SAMPLE)
+            block = load_fits([first])[0][0]
+            samples.append((f"{model}, {block}" if model else block, sample["predicted"], sample["truth"]))
+        figure = figure4(samples, title)
+    else:
+        raise UserError(f"figure kind {kind!r}; allowed: {', '.join(FIT_FIGURES)}")
+    save_figure(figure, outputs, provenance)
+
+
 def render_kdp_figures(fit_dirs: list[str | Path], outputs: dict[str, str | Path], label: str = "",
                        provenance: dict[str, Any] | None = None) -> None:
-    """All three figures. ``outputs`` maps "figure{3,4,5}_{png,pdf}" to paths; Figure 4 uses the first block."""
-    fits = load_fits(fit_dirs)
-    first_dir = sorted(Path(d) for d in fit_dirs)[0]
-    sample = np.load(first_dir / KERNEL_SAMPLE)
-    first_block = fits[0][0]
-    figures = {
-        "figure3": lambda: figure3(fits, f"{label}: KDP training".strip(": ")),
-        "figure4": lambda: figure4(sample["predicted"], sample["truth"],
-                                   f"{label}, {first_block}: kernel space, one held-out sample".strip(", ")),
-        "figure5": lambda: figure5(fits, f"{label}: Theorem 1 quantities during Step 1".strip(": ")),
-    }
-    for name, draw in figures.items():
-        paths = {fmt: outputs[f"{name}_{fmt}"] for fmt in FORMATS}
-        save_figure(draw(), paths, provenance)
-
-
-def kdp_figures_step(config: dict, model: str, variant: str, fit_dirs: list[str], outputs: dict[str, str]) -> None:
-    """The workflow step: label from the config, provenance into the files' metadata."""
-    from kdp.provenance import provenance
-
-    label = config["models"][model].get("label", model)
-    render_kdp_figures(fit_dirs, outputs, label, provenance(config, config["seed"], model=model, variant=variant))
+    """Figures 3-5 of one model's block fits. ``outputs`` maps "figure{3,4,5}_{png,pdf}" to paths."""
+    titles = {"kdp_training": "KDP training", "kernel_space": "kernel space, one held-out sample",
+              "operator_norms": "Theorem 1 quantities during Step 1"}
+    for kind, number in FIT_FIGURES.items():
+        paths = {fmt: outputs[f"{number}_{fmt}"] for fmt in FORMATS}
+        draw_fit_figure(kind, {label: list(fit_dirs)}, paths, f"{label}: {titles[kind]}".strip(": "), provenance)

@@ -40,13 +40,23 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 # -- base models ---------------------------------------------------------------------------------------------
-def materialize_base(name: str, spec: dict[str, Any], out_dir: Path, seed: int) -> dict:
-    """Build ``results/models/{name}/base/``: check the source exists and record what it is."""
+def materialize_base(name: str, spec: dict[str, Any], out_dir: Path, seed: int, prefetched: str | None = None) -> dict:
+    """Build ``results/models/{name}/base/``: check the source exists and record what it is.
+
+    ``prefetched`` is the prefetch record of a hub model (`kdp.prefetch`): its weights are then the local snapshot
+    at the recorded commit, so every later job loads a local directory and never needs the hub.
+    """
     source = ModelSource.parse(spec["source"], f"models.{name}.source")
     with atomic_path(out_dir, directory=True) as tmp:
         if source.kind == "embedded":
             details = _build_embedded(source.ref, tmp, seed)
             weights = "."
+        elif source.kind == "hub" and prefetched:
+            from kdp.prefetch import model_snapshot
+
+            snapshot = model_snapshot(prefetched)
+            details = {"revision": spec.get("revision"), "repo": source.ref, "commit": snapshot.name}
+            weights = str(snapshot)
         else:
             details = {"revision": spec.get("revision")}
             weights = _checked_external_location(name, source, spec.get("revision"))

@@ -72,9 +72,9 @@ def _seed_everything(seed: int) -> None:
 
 
 # -- models ------------------------------------------------------------------------------------------------------
-def base_model(config: dict, model: str, out_dir: str) -> None:
+def base_model(config: dict, model: str, out_dir: str, asset: str | None = None) -> None:
     _seed_everything(config["seed"])
-    manifest = models.materialize_base(model, config["models"][model], Path(out_dir), config["seed"])
+    manifest = models.materialize_base(model, config["models"][model], Path(out_dir), config["seed"], asset)
     log.info("base model %s ready: %s", model, manifest)
 
 
@@ -83,8 +83,10 @@ def _load_base(config: dict, base_dir: str):
 
 
 # -- calibration and hidden states -------------------------------------------------------------------------------
-def calibration(config: dict, model: str, name: str, base_dir: str, out_path: str) -> None:
+def calibration(config: dict, model: str, name: str, base_dir: str, out_path: str, sources: list[str] = ()) -> None:
+    """``sources``: the prefetch records of the set's hub sources (`kdp.prefetch`), read offline."""
     from kdp import calibration as calib
+    from kdp.prefetch import calibration_files
     from transformers import AutoTokenizer
 
     if name not in config["calibration"]:
@@ -95,7 +97,9 @@ def calibration(config: dict, model: str, name: str, base_dir: str, out_path: st
     model_config = _base_config(manifest, base_dir)
     _check_tokenizer_fits(config, model, manifest, model_config, tokenizer)
     spec = _within_context(config["calibration"][name], model_config, f"{model}/{name}")
-    built = calib.build(spec, tokenizer, config["seed"], f"config key calibration.{name}")
+    built = calib.build(spec, tokenizer, config["seed"], f"config key calibration.{name}", calibration_files(sources))
+    built.meta["hub_sources"] = {record["name"]: {"repo": record["repo"], "commit": record["commit"]}
+                                 for record in map(read_json, sources)}
     built.meta["provenance"] = provenance(config, config["seed"], model=model)
     built.save(Path(out_path))
     log.info("calibration %s/%s: %d samples, %d tokens", model, name, built.num_samples, built.num_tokens)
@@ -368,9 +372,14 @@ def build_tasks(config: dict, out_dir: str) -> None:
                      items_per_task=evaluation.get("items_per_task"))
 
 
-def evaluate(config: dict, model: str, variant: str, variant_dir: str, tasks_dir: str, out_json: str) -> None:
+def evaluate(config: dict, model: str, variant: str, variant_dir: str, tasks_dir: str, out_json: str,
+             assets: list[str] = ()) -> None:
+    """``assets``: the prefetch record of the suite's hub datasets, which lm-eval then loads offline."""
     from kdp.evaluation import evaluate as run_benchmarks
+    from kdp.prefetch import require_evaluation
 
+    for record in assets:
+        require_evaluation(record)
     _seed_everything(config["seed"])
     evaluation = config["evaluation"]
     benchmarks = variant_benchmarks(config, variant)

@@ -1,5 +1,5 @@
-"""The maintainer scripts of resources/benchmarks, imported from their files (they import each other by name, as
-scripts run from that folder do), so that tests need no ``sys.path`` edit."""
+"""The maintainer scripts of resources/benchmarks and the benchmarks of bench/, imported from their files (they
+import each other by name, as scripts run from their folder do), so that tests need no ``sys.path`` edit."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-FOLDER = Path(__file__).resolve().parent.parent / "resources" / "benchmarks"
+REPO = Path(__file__).resolve().parent.parent
+FOLDER = REPO / "resources" / "benchmarks"
+BENCH = REPO / "bench"
 
 
-def load_script(name: str) -> ModuleType:
+def load_script(name: str, folder: Path = FOLDER) -> ModuleType:
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, FOLDER / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
         module = sys.modules[name] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     return sys.modules[name]

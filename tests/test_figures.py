@@ -1,4 +1,4 @@
-"""Figures 1, 6-7 and 8: valid PNG/PDF from synthetic results, identical bytes on a rerun, config checks."""
+"""Figures 1, 3-5, 6-7 and 8: valid PNG/PDF from synthetic results, identical bytes on a rerun, config checks."""
 
 from __future__ import annotations
 
@@ -121,6 +121,13 @@ def test_similarity_inputs_follow_the_capture_set(embedded):
      "config key figures.figure8.variants: 'wo_kernel' is a 'drop_blocks' variant; allowed: kdp variants"),
     (lambda f: f["figure1"].update(calibration="nope"),
      "config key figures.figure1.calibration: 'nope' is not a calibration set; allowed: standard"),
+    (lambda f: f["figure3"].update(variant="ols_direct"),
+     "config key figures.figure3.variant: 'ols_direct' has no KDP kernel fits on 'smollm2-135m' (method 'kdp', fold "
+     "'direct_ols'); allowed: a kdp variant with fold: kernel"),
+    (lambda f: f["figure4"].update(variant="wo_kernel"),
+     "config key figures.figure4.variant: 'wo_kernel' has no KDP kernel fits"),
+    (lambda f: f["figure5"].update(models=["nope"]),
+     "config key figures.figure5.models: 'nope' is not a configured model"),
 ])
 def test_bad_figure_config_is_one_line(embedded, edit, message):
     config = copy.deepcopy(embedded)
@@ -128,3 +135,31 @@ def test_bad_figure_config_is_one_line(embedded, edit, message):
     with pytest.raises(UserError) as caught:
         check_figures(config)
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_training_figures_draw_every_models_fits_from_the_config(embedded, tmp_path):
+    """Figures 3-5 are ordinary `figures:` entries: each draws the block fits of its models (grouped by the path
+    results/kdp/{model}/{variant}/block_*), valid and byte-identical on a rerun."""
+    from tests.test_kdp_figures import _fit_dir
+
+    inputs = [str(_fit_dir(tmp_path / "results" / "kdp" / model / "kdp", first, seed=first))
+              for model, firsts in (("smollm2-135m", (14, 20)), ("opt-kjv", (4,))) for first in firsts]
+    for name in ("figure3", "figure4", "figure5"):
+        outputs = [(tmp_path / f"{name}{run}.png", tmp_path / f"{name}{run}.pdf") for run in (1, 2)]
+        for out in outputs:
+            draw_figure(embedded, name, inputs, *map(str, out))
+        assert_png_pdf(*outputs[0])
+        assert outputs[0][0].read_bytes() == outputs[1][0].read_bytes(), name
+
+
+def test_training_figures_group_block_fits_by_model(embedded, monkeypatch):
+    import kdp.kdp_figures
+
+    seen = {}
+    monkeypatch.setattr(kdp.kdp_figures, "draw_fit_figure", lambda kind, fits, *_: seen.update(kind=kind, fits=fits))
+    inputs = ["results/kdp/smollm2-135m/kdp/block_14_15", "results/kdp/opt-kjv/kdp/block_4_5",
+              "results/kdp/smollm2-135m/kdp/block_20_21"]
+    draw_figure(embedded, "figure5", inputs, "x.png", "x.pdf")
+    assert seen == {"kind": "operator_norms", "fits": {
+        "SmolLM2-135M": ["results/kdp/smollm2-135m/kdp/block_14_15", "results/kdp/smollm2-135m/kdp/block_20_21"],
+        "OPT-KJV": ["results/kdp/opt-kjv/kdp/block_4_5"]}}

@@ -1,13 +1,17 @@
-"""The paper's Figures 1, 6-7 and 8 from this run's results, as configured under ``figures:``.
+"""The paper's figures from this run's results, as configured under ``figures:``.
 
 Config (``figures.<figureN>``):
-  kind: similarity    Figure 1 (models; ``calibration`` set, default ``capture.calibration``)
-  kind: ratio_sweep   Figures 6-7 (models, variants, benchmarks): variants at several ``target_ratio``s, grouped
-                      into lines by their label
-  kind: kernel_size   Figure 8 (models, variants, benchmarks): KDP variants differing in ``fit.rff_dim``
+  kind: similarity      Figure 1 (models; ``calibration`` set, default ``capture.calibration``)
+  kind: kdp_training    Figure 3 (models; ``variant``, default ``kdp``): Step 1 and Step 2 curves of every block fit
+  kind: kernel_space    Figure 4 (models, ``variant``): predicted against true kernel features, one held-out sample
+  kind: operator_norms  Figure 5 (models, ``variant``): the Theorem 1 quantities over Step 1
+  kind: ratio_sweep     Figures 6-7 (models, variants, benchmarks): variants at several ``target_ratio``s, grouped
+                        into lines by their label
+  kind: kernel_size     Figure 8 (models, variants, benchmarks): KDP variants differing in ``fit.rff_dim``
 Each figure is ``results/figures/<figureN>.png`` and ``.pdf``. ``check_figures`` runs when the workflow loads, so
-a figure that names an unknown model or variant, or a kernel sweep whose 2m a model override pins, fails in one
-line before any job starts. (Figures 3-5, the KDP training curves, are drawn by ``kdp.kdp_figures``.)
+a figure that names an unknown model or variant, a training figure of a variant without kernel fits, or a kernel
+sweep whose 2m a model override pins, fails in one line before any job starts. Figures 3-5 are drawn by
+``kdp.kdp_figures`` from the block fits of their variant (`fit_variant`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from typing import Any
 
 from kdp.errors import UserError
 
-KINDS = ("similarity", "ratio_sweep", "kernel_size")
+KINDS = ("similarity", "kdp_training", "kernel_space", "operator_norms", "ratio_sweep", "kernel_size")
+FIT_KINDS = ("kdp_training", "kernel_space", "operator_norms")  # drawn from block fits (kdp.kdp_figures)
+DEFAULT_FIT_VARIANT = "kdp"
 DEFAULT_RFF_DIM = 1024  # kdp.linearize.KDPConfig.rff_dim, the paper's 2m (Appendix B)
 
 
@@ -36,6 +42,11 @@ def similarity_set(config: dict, spec: Mapping[str, Any]) -> str:
     return spec.get("calibration") or config["capture"]["calibration"]
 
 
+def fit_variant(spec: Mapping[str, Any]) -> str:
+    """The KDP variant whose block fits Figures 3-5 draw."""
+    return spec.get("variant") or DEFAULT_FIT_VARIANT
+
+
 # ------------------------------------------------------------------------------------------------ config checks
 
 
@@ -50,6 +61,9 @@ def check_figures(config: dict) -> None:
                 raise UserError(f"{where}.calibration: {calibration!r} is not a calibration set; "
                                 f"allowed: {', '.join(config['calibration'])}")
             continue
+        if spec["kind"] in FIT_KINDS:
+            _check_fit_variant(config, spec, where)
+            continue
         for key in ("variants", "benchmarks"):
             if not spec.get(key):
                 raise UserError(f"{where}: kind {spec['kind']!r} needs {key}; allowed: a non-empty list")
@@ -57,6 +71,18 @@ def check_figures(config: dict) -> None:
         _check_benchmarks(config, spec, where)
         if spec["kind"] == "kernel_size":
             _check_kernel_sweep(config, spec, where)
+
+
+def _check_fit_variant(config: dict, spec: Mapping[str, Any], where: str) -> None:
+    from kdp.registry import resolve_params
+
+    variant = fit_variant(spec)
+    _check_names([variant], config["variants"], f"{where}.variant", "variant")
+    for model in spec["models"]:
+        cls, params = resolve_params(config, variant, model)
+        if cls.name != "kdp" or params.get("fold") != "kernel":
+            raise UserError(f"{where}.variant: {variant!r} has no KDP kernel fits on {model!r} (method "
+                            f"{cls.name!r}, fold {params.get('fold')!r}); allowed: a kdp variant with fold: kernel")
 
 
 def _check_names(names: Sequence[str], known: Mapping[str, Any], where: str, what: str) -> None:
@@ -90,15 +116,11 @@ def _check_kernel_sweep(config: dict, spec: Mapping[str, Any], where: str) -> No
 
 
 def figure_inputs(config: dict, name: str) -> list[str]:
+    """Inputs of every kind except `FIT_KINDS`, whose block fits the workflow lists after block selection."""
     spec = config["figures"][name]
     if spec["kind"] == "similarity":
         return [f"results/similarity/{m}/{similarity_set(config, spec)}.npz" for m in spec["models"]]
     return [f"results/eval/{m}/{v}.json" for m in spec["models"] for v in spec["variants"]]
-
-
-def wildcard_inputs(config: dict, wildcards: Any) -> list[str]:
-    """Input function of rule ``figure`` (bound to the config with functools.partial)."""
-    return figure_inputs(config, wildcards.figure)
 
 
 def draw_figure(config: dict, name: str, inputs: Sequence[str], out_png: str, out_pdf: str) -> None:
@@ -115,6 +137,15 @@ def draw_figure(config: dict, name: str, inputs: Sequence[str], out_png: str, ou
         from kdp.figures.similarity import plot_similarity
 
         plot_similarity(dict(zip(labels.values(), inputs)), out_png, out_pdf, title, record)
+        return
+    if spec["kind"] in FIT_KINDS:
+        from pathlib import Path
+
+        from kdp.kdp_figures import draw_fit_figure
+
+        # inputs are results/kdp/{model}/{variant}/block_*: the model is two levels up
+        fits = {labels[m]: [d for d in inputs if Path(d).parent.parent.name == m] for m in spec["models"]}
+        draw_fit_figure(spec["kind"], fits, {"png": out_png, "pdf": out_pdf}, title, record)
         return
     evals = [read_json(path) for path in inputs]
     if spec["kind"] == "ratio_sweep":

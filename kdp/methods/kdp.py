@@ -120,7 +120,8 @@ def install_logit_adapter(adapter, edit: dict[str, Any]) -> None:
     embeddings stay untouched; after merging it remains as one d x d matrix (counted in the variant's parameters).
     """
     width = int(edit["width"])
-    linear = nn.Linear(width, width, bias=False)
+    like = adapter.lm_head.weight  # the model's dtype and device (bf16 on CUDA), or the adapter's matmul fails
+    linear = nn.Linear(width, width, bias=False, dtype=like.dtype, device=like.device)
     with torch.no_grad():
         linear.weight.copy_(torch.eye(width))
     adapter.append_to_final_norm(linear)

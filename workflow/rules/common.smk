@@ -120,14 +120,6 @@ def block_fit_dirs(model, variant):
     return [f"results/kdp/{model}/{variant}/{block.tag}" for block in read_blocks(blocks_json)]
 
 
-# Figures 3-5 (workflow/rules/kdp_figures.smk) are drawn from this variant's block fits.
-KDP_FIGURE_VARIANT = "kdp"
-
-
-def kdp_figure_inputs(wildcards):
-    return block_fit_dirs(wildcards.model, KDP_FIGURE_VARIANT)
-
-
 def table_inputs(wildcards):
     spec = config["tables"][wildcards.table]
     return [

@@ -19,6 +19,7 @@ rule evaluate:
     input:
         variant="results/models/{model}/{variant}",
         tasks=f"results/tasks/{config['evaluation']['suite']}",
+        assets=evaluation_assets,
     output:
         "results/eval/{model}/{variant}.json",
     params:

@@ -1,10 +1,10 @@
-# The paper's Figures 1 (inter-layer similarity), 6-7 (score against pruning ratio) and 8 (kernel size 2m),
-# as configured under `figures:` (see kdp/figures). Figures 3-5 come from workflow/rules/kdp_figures.smk.
+# The paper's figures as configured under `figures:` (see kdp/figures): 1 (inter-layer similarity), 3-5 (KDP
+# training curves, kernel-space features, Theorem 1 norms, drawn from a variant's block fits), 6-7 (score against
+# pruning ratio) and 8 (kernel size 2m).
 import sys
-from functools import partial
 
 from kdp.errors import UserError
-from kdp.figures import check_figures, wildcard_inputs
+from kdp.figures import FIT_KINDS, check_figures, figure_inputs, fit_variant
 
 try:
     check_figures(config)
@@ -21,9 +21,16 @@ FINAL_TARGETS.extend(
 FIGURE_PNGS = [f"results/figures/{name}.png" for name in FIGURES]
 
 
+def figure_rule_inputs(wildcards):
+    spec = config["figures"][wildcards.figure]
+    if spec["kind"] in FIT_KINDS:
+        return [d for m in spec["models"] for d in block_fit_dirs(m, fit_variant(spec))]
+    return figure_inputs(config, wildcards.figure)
+
+
 rule figure:
     input:
-        partial(wildcard_inputs, config),
+        figure_rule_inputs,
     output:
         png="results/figures/{figure}.png",
         pdf="results/figures/{figure}.pdf",

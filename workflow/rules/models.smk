@@ -1,8 +1,10 @@
 # Base models: embedded ones are built offline (SmolLM2 dequantised from GGUF, OPT pretrained on KJV text);
-# hub ids and local paths are checked and recorded.
+# hub ids (read from their prefetched snapshot) and local paths are checked and recorded.
 
 
 rule base_model:
+    input:
+        unpack(model_asset),
     output:
         directory("results/models/{model}/base"),
     params:
