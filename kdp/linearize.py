@@ -87,7 +87,7 @@ class KDPConfig:
     cos_weighting: str = "positions"  # reading of W in Eq. 5
     cos_weight_max_exponent: int | None = None  # None: num_layers - 1 with num_layers = k
     gamma_init: float = 1.0  # gamma_i at the start; B_i = (A_OLS - I) / gamma_i at each re-initialisation
-    ols_reinit: str = "epoch"
+    ols_reinit: str = "batch"  # "at the start of each iteration", an iteration read as one minibatch
     kernel_ols_ridge: float = 1e-4  # ridge of the kernel-space OLS, relative to the mean eigenvalue of the Gram
     kernel_lr: float = 0.01  # Adam, Appendix B
     kernel_batch_samples: int = 100  # Appendix B "batch size 100", counted in samples
