@@ -163,10 +163,12 @@ class KDPConfig:
 @dataclass
 class TokenBatch:
     """Real tokens of a few samples: ``states[i]`` is (N, d) for h_{l+i}; ``positions`` (N,) is each token's index
-    among the real tokens of its sequence (0 = first real token, whatever the padding side)."""
+    among the real tokens of its sequence (0 = first real token, whatever the padding side); ``samples`` (N,) the
+    sample each token belongs to."""
 
     states: list[torch.Tensor]
     positions: torch.Tensor
+    samples: torch.Tensor
 
 
 @dataclass
@@ -244,18 +246,23 @@ class BlockData:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> Iterator[TokenBatch]:
+        for rows in self.sample_groups(batch_samples, shuffle=shuffle, seed=seed):
+            mask = self.mask[rows]
+            positions = (mask.cumsum(1) - 1)[mask]
+            samples = rows[:, None].expand(mask.shape)[mask]
+            states = [_rows(s, rows)[mask] for s in self.states]
+            keep = ordinary(states[0], self.max_input_norm)
+            if not keep.all():
+                states, positions, samples = [state[keep] for state in states], positions[keep], samples[keep]
+            yield TokenBatch([state.to(device, dtype) for state in states], positions.to(device), samples)
+
+    def sample_groups(self, batch_samples: int, *, shuffle: bool = False, seed: int = 0) -> Iterator[torch.Tensor]:
+        """The sorted sample indices of each batch, in the order `batches` serves them."""
         order = self.samples
         if shuffle:
             order = order[torch.randperm(len(order), generator=torch.Generator().manual_seed(seed))]
         for start in range(0, len(order), batch_samples):
-            rows = order[start : start + batch_samples].sort().values
-            mask = self.mask[rows]
-            positions = (mask.cumsum(1) - 1)[mask]
-            states = [_rows(s, rows)[mask] for s in self.states]
-            keep = ordinary(states[0], self.max_input_norm)
-            if not keep.all():
-                states, positions = [state[keep] for state in states], positions[keep]
-            yield TokenBatch([state.to(device, dtype) for state in states], positions.to(device))
+            yield order[start : start + batch_samples].sort().values
 
 
 def _rows(array: torch.Tensor | np.ndarray, rows: torch.Tensor) -> torch.Tensor:
@@ -652,12 +659,13 @@ class _InverseTraining:
     def forward_loss_space(self, features: torch.Tensor) -> torch.Tensor:
         return self.inverse((features - self.input_mean) / self.input_std)
 
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.forward_loss_space(features) * self.output_scale + self.output_shift
+    def from_loss_space(self, values: torch.Tensor) -> torch.Tensor:
+        return values * self.output_scale + self.output_shift
 
     @torch.no_grad()
     def fold_into_network(self) -> InverseNetwork:
-        """Merge the two affine maps into the linear layers: afterwards ``inverse(features) == predict(features)``."""
+        """Merge the two affine maps into the linear layers: afterwards ``inverse(features)`` equals
+        ``from_loss_space(forward_loss_space(features))``."""
         first, last, alpha = self.inverse.mlp[0], self.inverse.mlp[2], self.inverse.scale
         first.bias -= first.weight @ (self.input_mean / self.input_std)
         first.weight /= self.input_std
@@ -720,6 +728,33 @@ def reconstruction_metrics(
     return {key: value / max(count, 1) for key, value in totals.items()}
 
 
+class _FrozenKernelTokens:
+    """Step 2's inputs P phi(h_l) and targets h_{l+k} (in the loss space) for every token of ``data``, computed
+    once: the kernel and the operators are frozen in Step 2, so recomputing them every epoch (and re-reading the
+    hidden-state cache) would only repeat work. Batches are the ones `BlockData.batches` would serve, in its order.
+    Holds tokens x (2m + d) numbers in the fit's dtype (SmolLM2, 512 samples: ~0.4 GB in float32)."""
+
+    def __init__(self, data: BlockData, features_of, targets_of, config: KDPConfig):
+        self.data, self.config = data, config
+        inputs, targets, samples = [], [], []
+        for batch in _batches(data, config.eval_batch_samples, config):
+            inputs.append(features_of(batch.states[0]))
+            targets.append(targets_of(batch.states[-1]))
+            samples.append(batch.samples)
+        self.inputs, self.targets = torch.cat(inputs), torch.cat(targets)
+        sample_of_token = torch.cat(samples)
+        counts = torch.bincount(sample_of_token, minlength=int(data.mask.shape[0]))
+        self.starts = torch.cumsum(counts, 0) - counts  # tokens are stored in sample order
+        self.counts = counts
+
+    def batches(self, batch_samples: int, shuffle_seed: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        groups = self.data.sample_groups(batch_samples, shuffle=shuffle_seed is not None, seed=shuffle_seed or 0)
+        for rows in groups:
+            index = torch.cat([torch.arange(self.starts[r], self.starts[r] + self.counts[r]) for r in rows.tolist()])
+            index = index.to(self.inputs.device)
+            yield self.inputs[index], self.targets[index]
+
+
 def fit_inverse_network(
     kernel: LearnableRFF, operators: StepOperators, data: BlockData, config: KDPConfig
 ) -> tuple[InverseNetwork, dict]:
@@ -748,21 +783,29 @@ def fit_inverse_network(
         with torch.no_grad():
             return kernel(start) @ transition.T
 
-    def loss_of(batch: TokenBatch) -> torch.Tensor:
-        predicted = training.forward_loss_space(features_of(batch.states[0]))
-        mse, norm_gap = _inverse_losses(predicted, training.to_loss_space(batch.states[-1]))
+    tokens = {name: _FrozenKernelTokens(part, features_of, training.to_loss_space, config)
+              for name, part in (("train", train), ("evaluation", evaluation))}
+
+    def loss_of(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        mse, norm_gap = _inverse_losses(training.forward_loss_space(features), target)
         return mse + config.norm_loss_weight * norm_gap
 
-    def evaluate() -> dict:
-        metrics = reconstruction_metrics(
-            lambda start: training.predict(features_of(start)), evaluation, config.eval_batch_samples, config.device
-        )
-        with torch.no_grad():
-            batches = [(loss_of(b).item(), b.positions.shape[0]) for b in _batches(evaluation, config.eval_batch_samples, config)]
-        return {"loss": sum(loss * n for loss, n in batches) / max(sum(n for _, n in batches), 1), **metrics}
+    identity = reconstruction_metrics(lambda start: start, evaluation, config.eval_batch_samples, config.device)
 
-    first = next(_batches(train, config.inverse_batch_samples, config, shuffle_seed=config.seed))
-    _initialize_inverse(training, features_of(first.states[0]), training.to_loss_space(first.states[-1]))
+    @torch.no_grad()
+    def evaluate() -> dict:
+        """Held-out loss, and the raw-space MSE and cosine of `reconstruction_metrics`, from the cached tokens."""
+        held = tokens["evaluation"]
+        predicted = training.forward_loss_space(held.inputs)
+        mse, norm_gap = _inverse_losses(predicted, held.targets)
+        raw_predicted, raw_target = training.from_loss_space(predicted), training.from_loss_space(held.targets)
+        return {"loss": (mse + config.norm_loss_weight * norm_gap).item(),
+                "mse": (raw_predicted - raw_target).pow(2).mean().item(),
+                "cosine": F.cosine_similarity(raw_predicted, raw_target, dim=-1).mean().item(),
+                "identity_mse": identity["identity_mse"], "identity_cosine": identity["identity_cosine"]}
+
+    first_features, first_targets = next(tokens["train"].batches(config.inverse_batch_samples, config.seed))
+    _initialize_inverse(training, first_features, first_targets)
     optimizer = torch.optim.Adam(inverse.parameters(), lr=config.inverse_lr)
     epochs = [{"epoch": 0, **evaluate()}]
     best = (epochs[0]["loss"], 0, copy.deepcopy(inverse.state_dict()))
@@ -770,14 +813,14 @@ def fit_inverse_network(
     for epoch in tqdm(range(config.inverse_epochs), desc="KDP inverse network", unit="epoch"):
         epoch_began = time.perf_counter()
         train_loss, train_tokens = 0.0, 0
-        for batch in _batches(train, config.inverse_batch_samples, config, shuffle_seed=config.seed + epoch):
-            loss = loss_of(batch)
+        for features, target in tokens["train"].batches(config.inverse_batch_samples, config.seed + epoch):
+            loss = loss_of(features, target)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             steps += 1
-            train_loss += loss.item() * batch.positions.shape[0]
-            train_tokens += batch.positions.shape[0]
+            train_loss += loss.item() * features.shape[0]
+            train_tokens += features.shape[0]
         epochs.append(
             {
                 "epoch": epoch + 1,

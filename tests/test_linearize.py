@@ -292,3 +292,18 @@ def test_float64_fit_gives_a_float64_fold_that_returns_the_callers_dtype():
     fold, _ = fit_kdp(residual_dynamics(n=24), small_config(kernel_max_epochs=1, inverse_epochs=1, dtype="float64"))
     assert fold.transition.dtype == torch.float64
     assert fold(torch.zeros(3, D)).dtype == torch.float32
+
+
+def test_step2_token_cache_serves_exactly_the_streamed_batches():
+    from kdp.linearize import _FrozenKernelTokens
+
+    data = residual_dynamics(n=30).gated(3.5)  # a gate that leaves some tokens out
+    train, _ = data.split(0.25, 0)
+    config = small_config(eval_batch_samples=7)
+    cache = _FrozenKernelTokens(train, lambda h: 2 * h, lambda h: h - 1, config)
+    cached = list(cache.batches(4, shuffle_seed=5))
+    streamed = list(train.batches(4, shuffle=True, seed=5))
+    assert len(cached) == len(streamed)
+    for (inputs, targets), batch in zip(cached, streamed):
+        torch.testing.assert_close(inputs, 2 * batch.states[0])
+        torch.testing.assert_close(targets, batch.states[-1] - 1)
