@@ -10,8 +10,8 @@ For each model of config/config.yaml:
 2. the ``--blocks`` best candidate blocks by linear CKA on gated tokens (Section 3.1, `kdp.similarity`), with the
    literal CKA beside it;
 3. per block: plain removal, Direct OLS (literal and gated), and one KDP fit per setting of ``--settings`` (each
-   adds one change to the previous: see SETTINGS), trained on the first ``--train-samples`` of the KJV
-   calibration passages; the default setting is also fitted on the other sample counts of ``--train-samples``;
+   adds one change to the previous: see SETTINGS), trained on the first ``--settings-samples`` of the KJV
+   calibration passages; the default setting is fitted on each sample count of ``--train-samples``;
 4. on held-out KJV validation passages: per-token cosine of h_{last+1} and the token perplexity of the model with
    the block replaced, Step 1's best epoch and held-out Eq. 5 gain over its OLS start, and Step 2's steps.
 
@@ -146,13 +146,13 @@ def evaluate_block(config: dict, model: str, args, ranked: dict, train_hidden, h
     block = ranked["block"]
     data, held = block_data(train_hidden, block), block_data(held_hidden, block)
     text = HeldOutText(network, held_set, block)
-    largest = first_samples(data, max(args.train_samples))
+    largest = first_samples(data, args.settings_samples)
     rows = {"plain removal": held_out_row(PassThrough(), held, text)}
     for mode in ("literal", "pass_through"):
         fold, _ = fit_direct_ols(largest, kdp_config(config, model, {"outlier_tokens": mode}, config["seed"]))
         rows[f"Direct OLS ({mode})"] = held_out_row(fold.eval(), held, text)
     for name in args.settings:
-        for samples in (args.train_samples if name == "default" else [max(args.train_samples)]):
+        for samples in (args.train_samples if name == "default" else [args.settings_samples]):
             label = f"KDP {name} ({samples} samples)"
             rows[label] = kdp_row(config, model, SETTINGS[name], first_samples(data, samples), held, text)
             print(f"  {label}: {rows[label]}", flush=True)
@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--blocks", type=int, default=3, help="how many of the best CKA blocks to fit")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--train-samples", type=int, nargs="+", default=[128, 512, 1024])
+    parser.add_argument("--settings-samples", type=int, default=512,
+                        help="calibration passages for the OLS rows and every setting but `default`")
     parser.add_argument("--capture-samples", type=int, help="calibration passages to capture (default: the largest "
                         "--train-samples); fits use the first ones, so one capture serves several sizes")
     parser.add_argument("--held-out-samples", type=int, default=32)
