@@ -1,4 +1,5 @@
 """Competing pruning methods, one registered `PruningMethod` per module.
 
-`kdp.registry.load_methods` imports every module of this package, so adding a baseline is adding a module.
+Each is declared in `baselines.specs` and listed in `kdp.registry.BUILTIN_METHODS`; its module is imported only by
+the jobs that run it.
 """

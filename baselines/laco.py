@@ -105,17 +105,7 @@ def mean_sentence_cosine(reference: list[torch.Tensor], candidate: list[torch.Te
 
 @register_method("laco")
 class LaCo(PruningMethod):
-    requires = frozenset({"calibration"})
-    defaults = {
-        "calibration": "laco",  # 5 Wikipedia prefixes in the notebook; KJV passages in the embedded default
-        "layers_per_merge": 4,  # C (MERGE_LAYERS), Llama2-7B setting
-        "interval": 2,  # I (INTERVAL)
-        "lowest_layer": 1,  # L (LOWEST_LAY)
-        "highest_layer_from_top": 0,  # H = num_layers - this (HIGHEST_LAY = 32 for 32 layers)
-        "threshold": 0.65,  # T (THRESHOLD)
-        "merge": "paper",  # or "released_code" (see the module docstring)
-        "batch_size": 1,  # cal_last_hidden_sim runs one sentence at a time
-    }
+    """Inputs and hyperparameters: `baselines.specs.LACO`."""
 
     def prune(self, ctx: PruneContext) -> PruneRecord:
         log = ctx.log or logging.getLogger(__name__)

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines.specs import LLM_PRUNER_RECOVERY as RECOVERY_DEFAULTS
 from kdp.adapters import LayerAdapter, ModelAdapter
 from kdp.calibration import CalibrationSet
 from kdp.errors import UserError, bad_value
@@ -66,29 +67,6 @@ TAYLOR_RULES = ("param_first", "vectorize")
 #: hf_prune.py in the README's LLaMA/Llama-2 command: layers [4, 30) of a 32-layer model are pruned.
 OFFICIAL_DEPTH, OFFICIAL_FIRST, OFFICIAL_STOP = 32, 4, 30
 
-#: post_training.py as run by the README (--lora_r 8 --num_epochs 2 --learning_rate 1e-4 --batch_size 64) with its
-#: other defaults (micro-batch 4, cutoff 256, 2000 validation rows, alpha 16, dropout 0.05) and the Trainer settings
-#: it passes or inherits (warmup_steps 100, linear decay, AdamW without weight decay, clip 1.0, best validation loss
-#: kept among the checkpoints saved every 200 steps, no early stopping). The script's own defaults differ (5 epochs,
-#: lr 3e-4, batch 128).
-RECOVERY_DEFAULTS: dict[str, Any] = {
-    "train_samples": None,
-    "validation_samples": 2000,
-    "max_length": 256,
-    "rank": 8,
-    "alpha": 16.0,
-    "dropout": 0.05,
-    "lr": 1e-4,
-    "weight_decay": 0.0,
-    "epochs": 2,
-    "batch_size": 4,
-    "grad_accum": 16,
-    "warmup": 100,
-    "schedule": "linear",
-    "clip": 1.0,
-    "eval_every": 200,
-    "patience": None,
-}
 _RECOVERY_KEYS = (set(RECOVERY_DEFAULTS) | {f.name for f in fields(FinetuneRecipe)}) - {
     "seed", "extra", "kd_weight", "temperature"}
 
@@ -285,18 +263,7 @@ def narrow_layers(adapter: ModelAdapter, edit: dict[str, Any]) -> None:
 # -- the registered method -----------------------------------------------------------------------------------------
 @register_method("llm_pruner")
 class LLMPruner(PruningMethod):
-    requires = frozenset({"calibration"})
-    defaults = {
-        "calibration": "llm_pruner",
-        "importance_samples": 10,  # hf_prune.py --num_examples
-        "importance_length": 64,  # get_examples('bookcorpus', ..., seq_len=64)
-        "batch_size": 10,  # the official pass takes the 10 samples as one batch
-        "taylor": "param_first",  # --pruner_type taylor --taylor param_first
-        "pruning_ratio": None,  # None: solved from target_ratio; a fraction: the official --pruning_ratio
-        "layer_range": None,  # None: [4, 30) of 32 scaled to the depth; [first, stop): explicit
-        "finetune": False,  # True: LoRA recovery with ``recovery`` (the † row)
-        "recovery": dict(RECOVERY_DEFAULTS),
-    }
+    """Inputs and hyperparameters: `baselines.specs.LLM_PRUNER`."""
 
     def prune(self, ctx: PruneContext) -> PruneRecord:
         params, adapter = self.params, ctx.adapter

@@ -70,14 +70,7 @@ def block_influence_scores(adapter: ModelAdapter, calibration: CalibrationSet, b
 
 @register_method("shortgpt")
 class ShortGPT(PruningMethod):
-    requires = frozenset({"calibration"})
-    defaults = {
-        "calibration": "shortgpt",  # pg19 validation, 256-token windows (run_shortgpt.py)
-        "last_layer": "pre_norm",  # the official code's choice is "post_norm" (see the module docstring)
-        "angular": False,  # metrics.block_influence(angular=False)
-        "count_rule": "parameters",
-        "batch_size": 1,  # run_shortgpt.py DataLoader(batch_size=1)
-    }
+    """Inputs and hyperparameters: `baselines.specs.SHORTGPT`."""
 
     def prune(self, ctx: PruneContext) -> PruneRecord:
         log = ctx.log or logging.getLogger(__name__)

@@ -35,14 +35,7 @@ from kdp.registry import PruneContext, PruneRecord, PruningMethod, register_meth
 
 @register_method("sleb")
 class SLEB(PruningMethod):
-    requires = frozenset({"calibration"})
-    defaults = {
-        "calibration": "sleb",  # WikiText-2 train, nsamples=128, seqlen=2048 (sleb.py / data_utils.py)
-        "early_barrier": 1,  # sleb.py
-        "latter_barrier": 1,  # sleb.py
-        "count_rule": "parameters",  # the official rule is "layers" (num_remove_blocks)
-        "batch_size": 1,  # get_loss(bs=1)
-    }
+    """Inputs and hyperparameters: `baselines.specs.SLEB`."""
 
     def prune(self, ctx: PruneContext) -> PruneRecord:
         log = ctx.log or logging.getLogger(__name__)

@@ -49,6 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from baselines.specs import SLICEGPT_RECOVERY as RECOVERY_DEFAULTS
 from kdp.adapters import LayerAdapter, LayerInputs, ModelAdapter, adapter_for
 from kdp.calibration import CalibrationSet
 from kdp.errors import UserError, bad_value
@@ -59,27 +60,7 @@ from kdp.registry import PruneContext, PruneRecord, PruningMethod, register_meth
 STRUCTURE_FACTORY = "baselines.slicegpt:restore_sliced_structure"
 PCA_DAMPING = 0.01
 
-#: The README's RFT command for the paper's results (run_finetuning.py; its argparse defaults differ).
-RECOVERY_DEFAULTS: dict[str, Any] = {
-    "train_samples": 8000,
-    "validation_samples": 128,
-    "max_length": 1024,
-    "batch_size": 3,
-    "grad_accum": 4,
-    "rank": 32,
-    "alpha": 10.0,
-    "dropout": 0.05,
-    "lr": 2e-4,
-    "weight_decay": 0.01,
-    "betas": [0.9, 0.95],
-    "schedule": "linear",
-    "warmup": 400,
-    "epochs": 1,
-    "clip": 1.0,
-    "eval_every": 16,
-    "patience": 5,
-}
-#: Recovery keys a config may set: the defaults above and FinetuneRecipe's fields, less those the method owns.
+#: Recovery keys a config may set: the recovery defaults and FinetuneRecipe's fields, less those the method owns.
 _RECOVERY_KEYS = set(RECOVERY_DEFAULTS) | ({f.name for f in fields(FinetuneRecipe)}
                                            - {"seed", "extra", "kd_weight", "temperature"})
 
@@ -479,16 +460,7 @@ def official_width(hidden_size: int, slicing: float, round_interval: int) -> int
 # -- 5. the registered method -------------------------------------------------------------------------------------
 @register_method("slicegpt")
 class SliceGPT(PruningMethod):
-    requires = frozenset({"calibration"})
-    defaults = {
-        "calibration": "slicegpt",
-        "pca_samples": 128,  # run_slicegpt.py --cal-nsamples
-        "batch_size": 16,  # run_slicegpt.py --cal-batch-size
-        "round_interval": 8,  # run_slicegpt.py --round-interval
-        "slicing": None,  # None: width from target_ratio; a fraction: the official --sparsity
-        "finetune": False,  # True: the recovery fine-tuned (†) row
-        "recovery": RECOVERY_DEFAULTS,
-    }
+    """Inputs and hyperparameters: `baselines.specs.SLICEGPT`."""
 
     def prune(self, ctx: PruneContext) -> PruneRecord:
         params = self.params

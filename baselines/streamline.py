@@ -62,6 +62,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from baselines.specs import STREAMLINE_LLM_LOSS_TRAINING as LLM_LOSS_TRAINING
+from baselines.specs import STREAMLINE_MSE_TRAINING as MSE_TRAINING
 from kdp.adapters import ModelAdapter
 from kdp.calibration import CalibrationSet
 from kdp.errors import UserError, bad_value
@@ -74,21 +76,6 @@ FFN_FACTORY = "baselines.streamline:install_ffn"
 REPLACEMENTS = ("layer", "ffn")
 FINETUNES = (None, "llm_loss")
 
-#: args.py / train_lightweightnetwork.py (MSE stage).
-MSE_TRAINING: dict[str, Any] = {
-    "batch_size": 8,
-    "grad_accum": 16,
-    "epochs": 1,
-    "lr": 2e-4,
-    "min_lr": 5e-5,
-    "weight_decay": 1e-3,
-    "betas": [0.9, 0.999],
-    "warmup": 0.01,
-    "clip": 5.0,
-    "eval_every": None,  # optimiser steps between validations; None: after each epoch, as the official code
-}
-#: train_llmloss.py with 4gpu.yaml (DeepSpeed gradient_clipping 1.0).
-LLM_LOSS_TRAINING: dict[str, Any] = {**MSE_TRAINING, "betas": [0.9, 0.95], "clip": 1.0}
 
 
 @dataclass(frozen=True)
@@ -364,20 +351,7 @@ def _state(module: nn.Module) -> dict[str, torch.Tensor]:
 # -- the registered method -----------------------------------------------------------------------------------------
 @register_method("streamline")
 class Streamline(PruningMethod):
-    requires = frozenset({"calibration"})
-    defaults = {
-        "calibration": "streamline",
-        "replacement": "layer",  # layer (README) | ffn (paper, examples/mlp_*)
-        "layers_removed": None,  # n; None: the smallest n that reaches target_ratio
-        "selection_samples": 500,  # paper; official cosine_num_data 50
-        "train_samples": None,  # None: every sample not used for selection or validation
-        "validation_samples": 1000,
-        "batch_size": 8,  # forward passes of the span choice
-        "ffn_expansion": 4,
-        "training": MSE_TRAINING,  # None: no MSE stage
-        "finetune": None,  # None | llm_loss (the † row)
-        "llm_loss": LLM_LOSS_TRAINING,
-    }
+    """Inputs and hyperparameters: `baselines.specs.STREAMLINE`."""
 
     def prune(self, ctx: PruneContext) -> PruneRecord:
         params, adapter = self.params, ctx.adapter

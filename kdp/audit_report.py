@@ -1,4 +1,9 @@
-"""The claims audit as workflow outputs: ``results/audit.csv``, ``audit.tex`` and a readable ``audit_report.md``.
+"""The claims audit as workflow outputs. Two steps:
+
+  ``audit_claims``  the paper against itself, from the claims folder and the shipped model configs alone
+                    (``results/audit/claims.csv`` and its report section ``claims.md``): seconds, no tables;
+  ``audit_tables``  that audit joined with this run's tables (``results/audit.csv``, ``audit.tex``), and
+  ``audit_report``  the readable ``results/audit_report.md``.
 
 Three kinds of numbers sit beside each claim:
   recomputed  from the paper's own other numbers (``kdp.audit``: interval arithmetic over printed digits);
@@ -25,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from kdp import audit, flops
-from kdp.audit import CONSISTENT, INCONSISTENT, NOT_CHECKABLE, ClaimsTables, Tolerance
+from kdp.audit import CONSISTENT, INCONSISTENT, NOT_CHECKABLE, QUESTIONABLE, ClaimsTables, Tolerance
 from kdp.io import atomic_path, sha256_file, write_text
 from kdp.tables import latex_escape
 
@@ -37,6 +42,7 @@ OUTPUT_COLUMNS = (
     "reproduced", "reproduced_tolerance", "reproduced_verdict", "reproduced_from", "relative_discrepancy", "rule",
     "note",
 )
+CLAIMS_COLUMNS = tuple(c for c in OUTPUT_COLUMNS if not c.startswith("reproduced"))
 
 
 # ------------------------------------------------------------------------------------------- reproduced values
@@ -47,8 +53,9 @@ def analytic_reproduced(claims: ClaimsTables) -> pd.DataFrame:
     configs in ``resources/model_configs`` by ``kdp.flops`` (the same for every run profile)."""
     rows = []
     for model in ANALYTIC_MODELS:
-        config = flops.load_model_config(audit.MODEL_CONFIGS[model])
-        origin = f"kdp.flops analytic count of resources/model_configs/{audit.MODEL_CONFIGS[model]}.json"
+        key = audit.model_config_key(model)
+        config = flops.load_model_config(key)
+        origin = f"kdp.flops analytic count of resources/model_configs/{key}.json"
         rows.append({"table": "T10", "model": model, "method": "Dense", "quantity": "FLOPs_G",
                      "value": flops.model_flops(config) / 1e9, "reproduced_from": origin})
         for k in sorted(_table12_block_sizes(claims)):
@@ -82,17 +89,26 @@ SPEEDUP_QUANTITIES = {"flops_g": "FLOPs_G", "change_pct": "Change_pct", "flops_s
 
 
 def table_cells(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """(model, variant, quantity, value, ratio) of a rendered table CSV: a score table's printed columns, or a
-    speed-up table's Table 10 quantities; other table kinds have no cell the paper prints as a number here."""
+    """(model, variant, quantity, value, ratio, ci_low, ci_high) of a rendered table CSV: a score table's printed
+    columns, or a speed-up table's Table 10 quantities; other table kinds have no cell the paper prints as a
+    number here. ``ci_low``/``ci_high`` are the cell's confidence interval where the table prints one."""
     columns = set(frame.columns)
     if {"column", "value"} <= columns:
         return [{"model": r["model"], "variant": r["variant"], "quantity": r["column"], "value": float(r["value"]),
-                 "ratio": float(r["ratio"]) if r.get("ratio", "") != "" else None} for r in frame.to_dict("records")]
+                 "ratio": float(r["ratio"]) if r.get("ratio", "") != "" else None, **_interval(r)}
+                for r in frame.to_dict("records")]
     if {"quantity", "value"} <= columns:
         return [{"model": r["model"], "variant": r["variant"], "quantity": SPEEDUP_QUANTITIES[r["quantity"]],
-                 "value": float(r["value"]), "ratio": None}
+                 "value": float(r["value"]), "ratio": None, **_interval(r)}
                 for r in frame.to_dict("records") if r["quantity"] in SPEEDUP_QUANTITIES]
     return []
+
+
+def _interval(record: Mapping[str, Any]) -> dict[str, float]:
+    """The cell's ``ci_low``/``ci_high`` as numbers, NaN where the table has none (the join falls back to the
+    fixed tolerance band then)."""
+    return {c: float(record[c]) if str(record.get(c, "")).strip() not in ("", "nan") else math.nan
+            for c in audit.reproduced.INTERVAL_COLUMNS}
 
 
 def evaluated_values(config: dict, claims: ClaimsTables, table_csvs: Mapping[str, str | Path]
@@ -123,7 +139,8 @@ def evaluated_values(config: dict, claims: ClaimsTables, table_csvs: Mapping[str
 def _reproduced_cells(cell: dict, table: str, method: str, paper_model: str, origin: str,
                       printed: pd.DataFrame) -> list[dict]:
     base = {"table": table, "model": paper_model, "method": method, "reproduced_from": origin}
-    rows = [{**base, "quantity": cell["quantity"], "value": cell["value"]}]
+    rows = [{**base, "quantity": cell["quantity"], "value": cell["value"],
+             **{c: cell.get(c, math.nan) for c in audit.reproduced.INTERVAL_COLUMNS}}]
     if "pruning_ratio" in printed.columns and cell["quantity"] == "Avg" and cell["ratio"] is not None:
         rows.append({**base, "quantity": "pruning_ratio", "value": 100 * cell["ratio"]})  # printed in percent
     return rows
@@ -160,24 +177,31 @@ def reproduction_tolerances(config: dict) -> dict[str, Tolerance]:
 # ------------------------------------------------------------------------------------------------ the audit table
 
 
-def build_audit(config: dict, table_csvs: Mapping[str, str | Path], claims_dir: str | Path = audit.CLAIMS_DIR
-                ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(audit rows with reproduced values, analogous cells)."""
+def claims_audit(claims_dir: str | Path = audit.CLAIMS_DIR) -> pd.DataFrame:
+    """The paper against itself: every rule that applies to the folder's paper, sorted for reading."""
+    return sort_by_discrepancy(audit.audit_paper(claims_dir))[list(CLAIMS_COLUMNS)]
+
+
+def build_audit(config: dict, table_csvs: Mapping[str, str | Path], claims_dir: str | Path = audit.CLAIMS_DIR,
+                checked: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(audit rows with reproduced values, analogous cells); ``checked`` is the claims audit when already made
+    (``results/audit/claims.csv``), so the joined audit holds exactly its rows."""
     claims = audit.load_claims(claims_dir)
-    checked = audit.run_rules(claims)
+    checked = claims_audit(claims_dir) if checked is None else checked
+    checked = checked.assign(reproduced="") if "reproduced" not in checked.columns else checked
     measured, analogous = evaluated_values(config, claims, table_csvs)
     reproduced = pd.concat([analytic_reproduced(claims), measured], ignore_index=True)
     joined = audit.attach_reproduced(checked, reproduced, reproduction_tolerances(config), claims)
     return sort_by_discrepancy(joined)[list(OUTPUT_COLUMNS)], analogous
 
 
-VERDICT_ORDER = {INCONSISTENT: 0, CONSISTENT: 2, NOT_CHECKABLE: 1}
+VERDICT_ORDER = {INCONSISTENT: 0, QUESTIONABLE: 1, NOT_CHECKABLE: 2, CONSISTENT: 3}
 
 
 def sort_by_discrepancy(frame: pd.DataFrame) -> pd.DataFrame:
     """Inconsistent rows first, largest relative discrepancy first; ties keep the rules' order."""
     keys = pd.DataFrame({
-        "verdict": frame["verdict"].map(VERDICT_ORDER).fillna(3),
+        "verdict": frame["verdict"].map(VERDICT_ORDER).fillna(len(VERDICT_ORDER)),
         "size": -pd.to_numeric(frame["relative_discrepancy"], errors="coerce").abs().fillna(-1),
     })
     order = keys.sort_values(["verdict", "size"], kind="stable").index
@@ -185,7 +209,8 @@ def sort_by_discrepancy(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def claims_fingerprint(claims_dir: str | Path = audit.CLAIMS_DIR) -> dict[str, str]:
-    return {path.name: sha256_file(path)[:16] for path in sorted(Path(claims_dir).glob("*.csv"))}
+    files = [*Path(claims_dir).glob("*.csv"), *Path(claims_dir).glob(audit.claims.PAPER_FILE)]
+    return {path.name: sha256_file(path)[:16] for path in sorted(files)}
 
 
 def write_audit_csv(frame: pd.DataFrame, path: str | Path, header: str) -> None:
@@ -198,6 +223,7 @@ def write_audit_csv(frame: pd.DataFrame, path: str | Path, header: str) -> None:
 def read_audit_csv(path: str | Path) -> pd.DataFrame:
     frame = pd.read_csv(path, comment="#", keep_default_na=False, dtype=str)
     frame["relative_discrepancy"] = pd.to_numeric(frame["relative_discrepancy"], errors="coerce")
+    frame["reproduced"] = frame["reproduced"] if "reproduced" in frame.columns else ""
     return frame
 
 
@@ -206,11 +232,9 @@ def read_audit_csv(path: str | Path) -> pd.DataFrame:
 
 def audit_latex(frame: pd.DataFrame, comments: Sequence[str]) -> str:
     """The inconsistent rows as a booktabs longtable, largest discrepancy first, plus the verdict counts."""
-    counts = frame["verdict"].value_counts()
     lines = [*(f"% {line}" for line in comments),
              r"\begin{longtable}{p{0.22\linewidth}p{0.12\linewidth}rp{0.14\linewidth}rp{0.24\linewidth}}",
-             f"\\caption{{Claims audit: {counts.get(INCONSISTENT, 0)} inconsistent, {counts.get(CONSISTENT, 0)} "
-             f"consistent, {counts.get(NOT_CHECKABLE, 0)} not checkable}}\\label{{tab:audit}}\\\\",
+             f"\\caption{{Claims audit: {_counts(frame)}}}\\label{{tab:audit}}\\\\",
              r"\toprule", r"Claim & Source & Claimed & Recomputed & Off by & Note \\", r"\midrule", r"\endhead"]
     for row in frame[frame["verdict"] == INCONSISTENT].to_dict("records"):
         cells = (row["claim_id"], row["source"], row["claimed"], row["recomputed"], _off_by(row),
@@ -246,20 +270,44 @@ def paper_models(config: dict) -> dict[str, str]:
     return {m: spec["paper_name"] for m, spec in config["models"].items() if spec.get("paper_name")}
 
 
-def audit_markdown(frame: pd.DataFrame, analogous: Sequence[Mapping[str, Any]], config: dict,
-                   figures: Mapping[str, str], provenance_lines: Sequence[str]) -> str:
-    """What holds, what does not and by how much (largest first), what this run reproduces, and the figures."""
+def _counts(frame: pd.DataFrame) -> str:
     counts = frame["verdict"].value_counts()
-    lines = ["# Claims audit of the KDP paper (ICLR 2026)", "",
-             "Generated by kdp-bench from `resources/claims/` (the paper's printed numbers) and this run's tables. "
+    return (f"{counts.get(INCONSISTENT, 0)} inconsistent, {counts.get(QUESTIONABLE, 0)} questionable, "
+            f"{counts.get(CONSISTENT, 0)} consistent, {counts.get(NOT_CHECKABLE, 0)} not checkable")
+
+
+def claims_sections(frame: pd.DataFrame) -> list[str]:
+    """The paper against itself: what does not hold, what needs a second look, the procedure each derived column
+    follows, and what holds, by rule (the report section of ``results/audit/claims.md``)."""
+    return [*_inconsistent_section(frame), *_questionable_section(frame), *_procedures_section(frame),
+            *_holds_section(frame)]
+
+
+def claims_markdown(frame: pd.DataFrame, paper: audit.Paper, claims_dir: str, provenance_lines: Sequence[str]) -> str:
+    """``results/audit/claims.md``: the claims audit alone, from the claims folder and the model configs."""
+    lines = [f"# Claims audit: {paper.title}", "",
+             f"Generated by kdp-bench from `{claims_dir}` ({paper.source}) and the model configs in "
+             "`resources/model_configs`, without any run of this project. Each row of `claims.csv` is one printed "
+             "cell or text claim. **recomputed**: the value the paper's own other numbers give (interval arithmetic "
+             "over the printed digits, so rounding alone never fails a row; **tolerance** is that rounding slack).",
+             "", f"**{_counts(frame)}** (of {len(frame)} rows).", ""]
+    lines += claims_sections(frame)
+    lines += ["## Provenance", "", *(f"- {line}" for line in provenance_lines), ""]
+    return "\n".join(lines)
+
+
+def audit_markdown(frame: pd.DataFrame, analogous: Sequence[Mapping[str, Any]], config: dict,
+                   figures: Mapping[str, str], provenance_lines: Sequence[str], title: str = "") -> str:
+    """What holds, what does not and by how much (largest first), what this run reproduces, and the figures."""
+    lines = [f"# Claims audit: {title or audit.Paper().title}", "",
+             "Generated by kdp-bench from the claims folder (the paper's printed numbers) and this run's tables. "
              "Each row is one printed cell or text claim. **recomputed**: the value the paper's own other numbers "
              "give (interval arithmetic over the printed digits, so rounding alone never fails a row; the "
              "**tolerance** column is that rounding slack). **reproduced**: this project's value. Read "
              "`audit.csv` (one row per claim, same order) for every row.", "",
-             f"**{counts.get(INCONSISTENT, 0)} inconsistent**, {counts.get(CONSISTENT, 0)} consistent, "
-             f"{counts.get(NOT_CHECKABLE, 0)} not checkable (of {len(frame)} rows).", ""]
+             f"**{_counts(frame)}** (of {len(frame)} rows).", ""]
     lines += _profile_section(config)
-    lines += _inconsistent_section(frame)
+    lines += [*_inconsistent_section(frame), *_questionable_section(frame), *_procedures_section(frame)]
     lines += _reproduced_section(frame)
     lines += _analogous_section(analogous)
     lines += _holds_section(frame)
@@ -294,6 +342,31 @@ def _inconsistent_section(frame: pd.DataFrame) -> list[str]:
             "", *_md_table(("claim", "source", "claimed", "recomputed", "tolerance", "off by", "note"), rows), ""]
 
 
+def _questionable_section(frame: pd.DataFrame) -> list[str]:
+    odd = frame[frame["verdict"] == QUESTIONABLE]
+    if odd.empty:
+        return []
+    rows = [(r["claim_id"], r["source"], r["recomputed"], _short(r["note"], 120)) for r in odd.to_dict("records")]
+    return ["## Worth a second look (questionable)", "",
+            "Nothing printed contradicts these, but they run against what pruning does (a pruned row above its "
+            "dense model, a retention above 100).", "",
+            *_md_table(("claim", "source", "found", "note"), rows), ""]
+
+
+def _procedures_section(frame: pd.DataFrame) -> list[str]:
+    """One line per derived column: the procedure inferred from its rows, and whether it is enforced."""
+    columns = frame[(frame["rule"] == "derived_column_procedure") & frame["claim_id"].str.count("/").eq(2)]
+    if columns.empty:
+        return []
+    rows = [(r["claim_id"].rsplit("/", 1)[0], r["claimed"], r["recomputed"], r["verdict"], _short(r["note"], 160))
+            for r in columns.to_dict("records")]
+    return ["## How each derived column was computed", "",
+            "Inferred from the rows: the procedure (formula on the printed inputs, rounded or truncated) that "
+            "reproduces the printed digits of at least 90% of at least 5 rows. Where the rows tell it apart from "
+            "computing on unrounded inputs it is enforced, and its exceptions are listed above as inconsistent.", "",
+            *_md_table(("column", "rows", "inferred procedure", "verdict", "counts"), rows), ""]
+
+
 def _reproduced_section(frame: pd.DataFrame) -> list[str]:
     done = frame[frame["reproduced"].astype(str) != ""].copy()
     if done.empty:
@@ -320,11 +393,13 @@ def _analogous_section(analogous: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def _holds_section(frame: pd.DataFrame) -> list[str]:
     summary = frame.groupby("rule", sort=False)["verdict"].value_counts().unstack(fill_value=0)
-    rows = [(rule, int(row.get(CONSISTENT, 0)), int(row.get(INCONSISTENT, 0)), int(row.get(NOT_CHECKABLE, 0)))
+    families = {name: rule.family for name, rule in audit.RULES.items()}
+    rows = [(families.get(rule, ""), rule, *(int(row.get(v, 0)) for v in (CONSISTENT, INCONSISTENT, QUESTIONABLE,
+                                                                          NOT_CHECKABLE)))
             for rule, row in summary.iterrows()]
-    rows.sort(key=lambda r: (-r[2], r[0]))
+    rows.sort(key=lambda r: (-r[3], r[0], r[1]))
     return ["## What holds, by rule", "",
-            *_md_table(("rule", "consistent", "inconsistent", "not checkable"), rows), ""]
+            *_md_table(("family", "rule", "consistent", "inconsistent", "questionable", "not checkable"), rows), ""]
 
 
 def _figures_section(figures: Mapping[str, str]) -> list[str]:
@@ -346,10 +421,29 @@ def _provenance_lines(config: dict, claims_dir: str | Path) -> list[str]:
     return [line.removeprefix("# ") for line in header.splitlines()]
 
 
-def audit_tables(config: dict, table_csvs: Mapping[str, str], out_csv: str, out_tex: str,
+def audit_claims(config: dict, out_csv: str, out_md: str, claims_dir: str | Path = audit.CLAIMS_DIR) -> None:
+    """Rule ``audit_claims``: the paper against itself (``results/audit/claims.csv`` and its report section),
+    from the claims folder and the shipped model configs only."""
+    frame = claims_audit(claims_dir)
+    provenance = _provenance_lines(config, claims_dir)
+    write_audit_csv(frame, out_csv, "".join(f"# {line}\n" for line in provenance))
+    paper = audit.claims.load_paper(Path(claims_dir))
+    write_text(out_md, claims_markdown(frame, paper, _shown(claims_dir), provenance))
+
+
+def _shown(claims_dir: str | Path) -> str:
+    """The folder as the README names it: relative to the checkout when inside it."""
+    path = Path(claims_dir).resolve()
+    root = audit.CLAIMS_DIR.parents[1]
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
+def audit_tables(config: dict, claims_csv: str, table_csvs: Mapping[str, str], out_csv: str, out_tex: str,
                  out_analogous: str, claims_dir: str | Path = audit.CLAIMS_DIR) -> None:
-    """Rule ``audit``: audit.csv (every row), audit.tex (the inconsistent ones) and the analogous cells."""
-    frame, analogous = build_audit(config, table_csvs, claims_dir)
+    """Rule ``audit``: the claims audit (``claims_csv``, rows unchanged) joined with this run's tables: audit.csv
+    (every row), audit.tex (the inconsistent ones) and the analogous cells."""
+    checked = read_audit_csv(claims_csv)[list(CLAIMS_COLUMNS)]
+    frame, analogous = build_audit(config, table_csvs, claims_dir, checked)
     provenance = _provenance_lines(config, claims_dir)
     header = "".join(f"# {line}\n" for line in provenance)
     write_audit_csv(frame, out_csv, header)
@@ -360,7 +454,8 @@ def audit_tables(config: dict, table_csvs: Mapping[str, str], out_csv: str, out_
                                                 "paper"]), out_analogous, header)
 
 
-def audit_report(config: dict, audit_csv: str, analogous_csv: str, figure_pngs: Sequence[str], out_md: str) -> None:
+def audit_report(config: dict, audit_csv: str, analogous_csv: str, figure_pngs: Sequence[str], out_md: str,
+                 claims_dir: str | Path = audit.CLAIMS_DIR) -> None:
     """Rule ``audit_report``: the Markdown report beside audit.csv, figures linked relative to it."""
     frame = read_audit_csv(audit_csv)
     analogous = pd.read_csv(analogous_csv, comment="#", keep_default_na=False, dtype=str).to_dict("records")
@@ -368,7 +463,8 @@ def audit_report(config: dict, audit_csv: str, analogous_csv: str, figure_pngs: 
     figures = {_figure_title(config, Path(p).stem): Path(p).relative_to(here).as_posix()
                if Path(p).is_relative_to(here) else p for p in figure_pngs}
     provenance = [line for line in Path(audit_csv).read_text(encoding="utf-8").splitlines() if line.startswith("# ")]
-    write_text(out_md, audit_markdown(frame, analogous, config, figures, [p[2:] for p in provenance]))
+    title = audit.claims.load_paper(Path(claims_dir)).title
+    write_text(out_md, audit_markdown(frame, analogous, config, figures, [p[2:] for p in provenance], title))
 
 
 def _figure_title(config: dict, name: str) -> str:

@@ -14,7 +14,7 @@ import jsonschema
 import yaml
 
 from kdp.errors import UserError
-from kdp.models import ModelSource
+from kdp.sources import ModelSource
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -99,14 +99,14 @@ def _resolve(ref: str, root: dict) -> dict:
 
 
 def _check_semantics(config: dict[str, Any]) -> None:
-    from kdp.registry import load_methods, method_class, resolve_params
+    from kdp.registry import import_method_modules, method_spec, resolve_params
     from kdp.tasks import check_benchmarks
 
     for name, spec in config["models"].items():
         ModelSource.parse(spec["source"], f"config key models.{name}.source")
-    load_methods(config.get("method_modules", []))
+    import_method_modules(config.get("method_modules", []))
     for variant, entry in config["variants"].items():
-        method_class(entry["method"], f"config key variants.{variant}.method")
+        method_spec(entry["method"], f"config key variants.{variant}.method")
         for model in config["models"]:
             _, params = resolve_params(config, variant, model)
             reused = params.get("reuse_fits_of")

@@ -162,7 +162,7 @@ class ModelSpec:
         return layers + convention.flops_per_mac * (extras + head)
 
 
-# ----------------------------------------------------------------------------------------------- families
+# ------------------------------------------------------------------------------------------- dense models
 
 
 def model_config_keys(directory: Path = MODEL_CONFIG_DIR) -> list[str]:
@@ -180,61 +180,11 @@ def load_model_config(key: str, directory: Path = MODEL_CONFIG_DIR) -> Any:
         return AutoConfig.for_model(**json.load(handle))
 
 
+def _family(config: Any):
+    # Deferred: kdp.adapters' families describe their shapes with this module's specs.
+    from kdp.adapters import family_for
 
-def _llama_layer(config: Any, d: int, heads: int, kv_heads: int, ffn: int) -> DecoderLayerSpec:
-    head_dim = _head_dim(config)
-    attention_bias = bool(getattr(config, "attention_bias", False))
-    mlp_bias = bool(getattr(config, "mlp_bias", False))
-    q_width, kv_width = heads * head_dim, kv_heads * head_dim
-    linears = (
-        Linear(d, q_width, attention_bias),
-        Linear(d, kv_width, attention_bias),
-        Linear(d, kv_width, attention_bias),
-        Linear(q_width, d, attention_bias),
-        Linear(d, ffn, mlp_bias),
-        Linear(d, ffn, mlp_bias),
-        Linear(ffn, d, mlp_bias),
-    )
-    return DecoderLayerSpec(linears=linears, norm_parameters=2 * d, attention_width=q_width)
-
-
-def _opt_layer(config: Any, d: int, heads: int, kv_heads: int, ffn: int) -> DecoderLayerSpec:
-    del kv_heads  # OPT has no grouped-query attention: keys and values use every head
-    head_dim = _head_dim(config)
-    bias = bool(getattr(config, "enable_bias", True))
-    width = heads * head_dim
-    linears = (
-        Linear(d, width, bias),
-        Linear(d, width, bias),
-        Linear(d, width, bias),
-        Linear(width, d, bias),
-        Linear(d, ffn, bias),
-        Linear(ffn, d, bias),
-    )
-    per_norm = 2 * d if getattr(config, "layer_norm_elementwise_affine", True) else 0  # weight and bias
-    return DecoderLayerSpec(linears=linears, norm_parameters=2 * per_norm, attention_width=width)
-
-
-def _head_dim(config: Any) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
-_LAYER_BUILDERS = {"llama": _llama_layer, "mistral": _llama_layer, "qwen2": _llama_layer, "opt": _opt_layer}
-
-
-def _ffn_size(config: Any) -> int:
-    return config.ffn_dim if config.model_type == "opt" else config.intermediate_size
-
-
-def _kv_heads(config: Any) -> int:
-    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-
-
-def _layer_builder(config: Any):
-    model_type = getattr(config, "model_type", None)
-    if model_type not in _LAYER_BUILDERS:
-        raise bad_value("config.model_type", model_type, sorted(_LAYER_BUILDERS))
-    return _LAYER_BUILDERS[model_type]
+    return family_for(getattr(config, "model_type", None))
 
 
 def decoder_layer_spec(
@@ -247,48 +197,22 @@ def decoder_layer_spec(
 ) -> DecoderLayerSpec:
     """A decoder layer of ``config``'s family; keyword overrides give pruned shapes (residual ``width`` for
     SliceGPT, ``heads``/``kv_heads``/``ffn`` for LLM-Pruner)."""
-    return _layer_builder(config)(
+    family = _family(config)
+    return family.decoder_layer(
         config,
         width or config.hidden_size,
         heads or config.num_attention_heads,
-        kv_heads or _kv_heads(config),
-        ffn or _ffn_size(config),
+        kv_heads or family.kv_heads(config),
+        ffn or family.ffn_size(config),
     )
 
 
 def model_spec(config: Any, *, width: int | None = None) -> ModelSpec:
     """The dense model of ``config`` (``width`` narrows the residual stream everywhere, as SliceGPT does)."""
-    _layer_builder(config)
+    family = _family(config)
     d = width or config.hidden_size
     layers = tuple(decoder_layer_spec(config, width=d) for _ in range(config.num_hidden_layers))
-    if config.model_type == "opt":
-        return _opt_model(config, d, layers)
-    return ModelSpec(
-        model_type=config.model_type,
-        layers=layers,
-        embedding_parameters=config.vocab_size * d,
-        final_norm_parameters=d,
-        head=Linear(d, config.vocab_size),
-        head_tied=bool(getattr(config, "tie_word_embeddings", False)),
-    )
-
-
-def _opt_model(config: Any, d: int, layers: tuple[LayerLike, ...]) -> ModelSpec:
-    projected = config.word_embed_proj_dim
-    # transformers' OPTLearnedPositionalEmbedding keeps 2 extra rows (a fairseq offset)
-    positions = (config.max_position_embeddings + 2) * d
-    projections = () if projected == d else (Linear(d, projected), Linear(projected, d))
-    has_final_norm = config.do_layer_norm_before and not getattr(config, "_remove_final_layer_norm", False)
-    affine = getattr(config, "layer_norm_elementwise_affine", True)
-    return ModelSpec(
-        model_type="opt",
-        layers=layers,
-        embedding_parameters=config.vocab_size * projected + positions,
-        final_norm_parameters=2 * d if has_final_norm and affine else 0,
-        head=Linear(projected, config.vocab_size),
-        head_tied=bool(getattr(config, "tie_word_embeddings", True)),
-        extra_linears=projections,
-    )
+    return family.around_layers(config, d, layers)
 
 
 def layer_parameters(config: Any) -> int:

@@ -17,7 +17,10 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from transformers import LlamaForCausalLM, MistralForCausalLM, OPTForCausalLM, Qwen2ForCausalLM
+import transformers
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from kdp.adapters import supported_model_types
 
 STRUCTURE_KEY = "kdp_structure"
 BASE_KEY = "kdp_base_layers"
@@ -71,14 +74,16 @@ def _base_config(config):
     return base
 
 
-_FAMILIES = (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, OPTForCausalLM)
+#: The stock causal-LM class of every model type an adapter supports, from transformers' own auto mapping.
+_STOCK_CLASSES = {model_type: getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type])
+                  for model_type in supported_model_types()}
 
 
 def _family_class(model) -> type:
-    for family in _FAMILIES:
-        if isinstance(model, family):
-            return family
-    raise TypeError(f"{type(model).__name__} is not a supported family for structure edits")
+    family = _STOCK_CLASSES.get(getattr(model.config, "model_type", None))
+    if family is None or not isinstance(model, family):
+        raise TypeError(f"{type(model).__name__} is not a supported family for structure edits")
+    return family
 
 
 def _custom(family: type) -> type:
@@ -90,7 +95,7 @@ def _custom(family: type) -> type:
     return type(f"KdpBench{family.__name__}", (family,), {"__init__": __init__, "__module__": __name__})
 
 
-KdpBenchLlamaForCausalLM = _custom(LlamaForCausalLM)
-KdpBenchMistralForCausalLM = _custom(MistralForCausalLM)
-KdpBenchQwen2ForCausalLM = _custom(Qwen2ForCausalLM)
-KdpBenchOPTForCausalLM = _custom(OPTForCausalLM)
+# One custom class per family, KdpBench<stock class>, which the shim saved beside the weights re-exports.
+_CUSTOM_CLASSES = {f"KdpBench{family.__name__}": _custom(family) for family in dict.fromkeys(_STOCK_CLASSES.values())}
+globals().update(_CUSTOM_CLASSES)
+__all__ = ["apply_edit", "apply_structure", *sorted(_CUSTOM_CLASSES)]

@@ -1,9 +1,4 @@
-"""Where models come from and how every variant is stored.
-
-A model entry's ``source`` is one of:
-  ``embedded:<name>``  a model the project builds offline (``smollm2-135m``, ``opt-kjv``),
-  ``hub:<org/name>``   a Hugging Face hub id (needs the hub or a warm local cache),
-  ``path:<dir>``       a local ``save_pretrained`` directory.
+"""How models are materialised from their source (`kdp.sources`) and how every variant is stored.
 
 ``results/models/{model}/base/`` holds ``manifest.json`` (what the model is and where its weights live) and, for
 embedded models, the weights themselves. Every pruned variant is a ``save_pretrained`` directory that stock
@@ -15,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,33 +17,11 @@ import torch
 
 from kdp.errors import UserError
 from kdp.io import atomic_path, read_json, write_json
+from kdp.sources import ModelSource
 
 MANIFEST = "manifest.json"
 VARIANT_RECORD = "kdp_variant.json"
-SOURCE_KINDS = ("embedded", "hub", "path")
-EMBEDDED_MODELS = ("smollm2-135m", "opt-kjv", "micro-llama", "micro-opt")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    kind: str
-    ref: str
-
-    @classmethod
-    def parse(cls, text: str, where: str) -> "ModelSource":
-        kind, sep, ref = text.partition(":")
-        if not sep or kind not in SOURCE_KINDS or not ref:
-            raise UserError(
-                f"{where}: source {text!r} is not allowed; allowed: "
-                "'embedded:<name>' (" + ", ".join(EMBEDDED_MODELS) + "), 'hub:<org/name>', 'path:<directory>'"
-            )
-        if kind == "embedded" and ref not in EMBEDDED_MODELS:
-            raise UserError(f"{where}: embedded model {ref!r} is unknown; allowed: {', '.join(EMBEDDED_MODELS)}")
-        return cls(kind, ref)
-
-    def __str__(self) -> str:
-        return f"{self.kind}:{self.ref}"
 
 
 def resolve_device(requested: str = "auto") -> torch.device:

@@ -18,7 +18,7 @@ import torch
 from kdp.errors import bad_value
 
 OUTLIER_MODES = ("pass_through", "literal")
-# A multiple of the median token norm, set from the norm profile that benchmarks/kdp_sensitivity.py prints (1,024
+# A multiple of the median token norm, set from the norm profile that bench/kdp_sensitivity.py prints (1,024
 # KJV calibration samples): in SmolLM2-135M's layers 12-28 every sink token sits at 26-222x its layer's median and
 # every ordinary token at most at 3.4x; in layers 3-9 first tokens reach 5-14x, other tokens up to 12x (a bump, not
 # a separate population); OPT-KJV has no token above 4x anywhere. 20 sits in the gap of the massive layers and

@@ -1,21 +1,31 @@
-"""The method registry: every pruning method is one registered `PruningMethod` subclass.
+"""The method registry: every pruning method is a declaration the workflow reads when it loads, and one registered
+`PruningMethod` subclass that a job imports when it runs the method.
 
-A method declares what it consumes (``requires``) and its hyperparameters with their defaults (``defaults``);
-the workflow turns ``requires`` into input files, so adding a method needs one module with one registered class
-plus one ``variants:`` entry in the config, and no edit in ``workflow/``.
+A method declares what it consumes (``requires``), whether it is fitted per block in separate jobs
+(``fits_blocks``) and its hyperparameters with their defaults (``defaults``): a `MethodSpec`. The workflow turns
+``requires`` into input files and checks every configured key against ``defaults`` before any job runs, without
+importing the method's module, so parsing the Snakefile needs neither torch nor any method's code.
 
-Methods are discovered by importing every module of the ``kdp.methods`` and ``baselines`` packages, plus any
-module named in the config's ``method_modules`` (e.g. a researcher's own package).
+Where a method name is looked up, in this order:
+
+1. classes registered with ``@register_method`` by a module the config names in ``method_modules`` (a researcher's
+   own module on ``PYTHONPATH``); the class body declares ``requires``, ``fits_blocks`` and ``defaults``;
+2. ``BUILTIN_METHODS``, kdp-bench's own methods: each name points at its `MethodSpec` in a light module
+   (``kdp.methods.specs``, ``baselines.specs``), and the spec names the class; ``@register_method`` gives that class
+   the spec's declarations;
+3. the entry-point group ``kdp_bench.methods`` of installed packages (``name = "package.module:Class"``): the module is
+   imported when a config uses the name, and the class is registered under it.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib
-import pkgutil
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,8 +37,53 @@ REQUIREMENTS = frozenset({"calibration", "hidden_states", "blocks", "block_fits"
 #: Keys of a ``variants:`` entry that describe the row rather than parameterise the method.
 RESERVED_VARIANT_KEYS = ("method", "label", "paper_method", "benchmarks", "target_ratio")
 
-_METHODS: dict[str, type["PruningMethod"]] = {}
-_BUILTIN_PACKAGES = ("kdp.methods", "baselines")
+#: kdp-bench's methods: name -> "module:attribute" of its `MethodSpec`.
+BUILTIN_METHODS: dict[str, str] = {
+    "dense": "kdp.methods.specs:DENSE",
+    "drop_blocks": "kdp.methods.specs:DROP_BLOCKS",
+    "kdp": "kdp.methods.specs:KDP",
+    "laco": "baselines.specs:LACO",
+    "llm_pruner": "baselines.specs:LLM_PRUNER",
+    "shortgpt": "baselines.specs:SHORTGPT",
+    "sleb": "baselines.specs:SLEB",
+    "slicegpt": "baselines.specs:SLICEGPT",
+    "streamline": "baselines.specs:STREAMLINE",
+}
+
+#: Entry-point group through which an installed package adds methods.
+ENTRY_POINT_GROUP = "kdp_bench.methods"
+
+_DECLARED = ("requires", "fits_blocks", "defaults")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What the workflow needs of a method before any job runs; the class (``implementation``,
+    "module:Class") is imported only by `load`, when a job prunes or fits with the method."""
+
+    implementation: str
+    requires: frozenset[str] = frozenset()
+    fits_blocks: bool = False
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    name: str = ""  # the registry fills it in
+
+    def __post_init__(self):
+        object.__setattr__(self, "requires", frozenset(self.requires))
+        unknown = self.requires - REQUIREMENTS
+        if unknown:
+            raise TypeError(f"{self.implementation}: requires has unknown entries {sorted(unknown)}; "
+                            f"allowed: {sorted(REQUIREMENTS)}")
+
+    def load(self) -> type["PruningMethod"]:
+        cls = _import(self.implementation, f"method {self.name!r}")
+        if _CLASSES.get(self.name) is not cls:
+            raise TypeError(f"{self.implementation} is not registered as method {self.name!r}; "
+                            f"decorate it with @register_method({self.name!r})")
+        return cls
+
+    def build(self, params: dict[str, Any]) -> "PruningMethod":
+        """The method, ready to prune with ``params`` (importing its module)."""
+        return self.load()(params)
 
 
 @dataclass
@@ -80,65 +135,122 @@ class PruningMethod(ABC):
         raise TypeError(f"method {self.name!r} is not fitted per block")
 
 
+_SPECS: dict[str, MethodSpec] = {}
+_CLASSES: dict[str, type[PruningMethod]] = {}
+
+
 def register_method(name: str):
+    """Class decorator: register a `PruningMethod` under ``name``. A built-in method's class takes ``requires``,
+    ``fits_blocks`` and ``defaults`` from its spec; any other class declares them in its body."""
+
     def decorate(cls: type[PruningMethod]) -> type[PruningMethod]:
-        if not issubclass(cls, PruningMethod):
-            raise TypeError(f"{cls.__name__} must subclass PruningMethod to be registered")
-        unknown = set(cls.requires) - REQUIREMENTS
-        if unknown:
-            raise TypeError(f"{cls.__name__}.requires has unknown entries {sorted(unknown)}; allowed: {sorted(REQUIREMENTS)}")
-        if name in _METHODS and _METHODS[name] is not cls:
-            raise TypeError(f"method name {name!r} is already registered by {_METHODS[name].__name__}")
+        if not (isinstance(cls, type) and issubclass(cls, PruningMethod)):
+            raise TypeError(f"{cls!r} must subclass PruningMethod to be registered")
+        implementation = f"{cls.__module__}:{cls.__qualname__}"
+        spec = _builtin_spec(name) if name in BUILTIN_METHODS else None
+        if spec is not None and spec.implementation != implementation:
+            raise TypeError(f"method name {name!r} is kdp-bench's {spec.implementation}, not {implementation}")
+        if name in _CLASSES and _CLASSES[name] is not cls:
+            raise TypeError(f"method name {name!r} is already registered by {_CLASSES[name].__name__}")
+        if spec is not None:
+            in_body = [key for key in _DECLARED if key in vars(cls)]
+            if in_body:
+                raise TypeError(f"{implementation} declares {', '.join(in_body)} in its body; "
+                                f"they belong to its spec, {BUILTIN_METHODS[name]}")
+            cls.requires, cls.fits_blocks, cls.defaults = spec.requires, spec.fits_blocks, spec.defaults
+        else:
+            spec = MethodSpec(implementation, cls.requires, cls.fits_blocks, cls.defaults, name)
         cls.name = name
-        _METHODS[name] = cls
+        _CLASSES[name] = cls
+        _SPECS[name] = spec
         return cls
 
     return decorate
 
 
-def load_methods(extra_modules: Iterable[str] = ()) -> dict[str, type[PruningMethod]]:
-    for package_name in _BUILTIN_PACKAGES:
-        package = importlib.import_module(package_name)
-        for info in pkgutil.iter_modules(package.__path__):
-            importlib.import_module(f"{package_name}.{info.name}")
-    for module in extra_modules:
+def import_method_modules(modules: Iterable[str]) -> None:
+    """Import the config's ``method_modules``, whose classes register themselves."""
+    for module in modules:
         try:
             importlib.import_module(module)
         except ImportError as error:
             raise UserError(f"method_modules: cannot import {module!r} ({error}); allowed: an importable module") from error
-    return dict(_METHODS)
 
 
-def method_class(name: str, where: str) -> type[PruningMethod]:
-    if name not in _METHODS:
-        raise UserError(f"{where}: method {name!r} is unknown; allowed: {', '.join(sorted(_METHODS))}")
-    return _METHODS[name]
+def method_names() -> list[str]:
+    """Every method a config may name: registered, built in, or offered by an installed package."""
+    return sorted({*_SPECS, *BUILTIN_METHODS, *_entry_points()})
 
 
-def resolve_params(config: dict[str, Any], variant: str, model: str | None = None) -> tuple[type[PruningMethod], dict]:
-    """Method class and hyperparameters of a variant: class defaults < config ``methods.<method>`` < variant
+def method_spec(name: str, where: str) -> MethodSpec:
+    """The declaration of method ``name``; a built-in one is read without importing the method's module."""
+    if name in _SPECS:
+        return _SPECS[name]
+    if name in BUILTIN_METHODS:
+        return _builtin_spec(name)
+    if name in _entry_points():
+        return _entry_point_spec(name)
+    raise UserError(f"{where}: method {name!r} is unknown; allowed: {', '.join(method_names())}")
+
+
+def resolve_params(config: dict[str, Any], variant: str, model: str | None = None) -> tuple[MethodSpec, dict]:
+    """Method spec and hyperparameters of a variant: the method's defaults < config ``methods.<method>`` < variant
     entry < the model's ``overrides.<method>``."""
-    load_methods(config.get("method_modules", ()))
+    import_method_modules(config.get("method_modules", ()))
     entry = config["variants"][variant]
-    cls = method_class(entry["method"], f"variants.{variant}.method")
-    params = copy.deepcopy(cls.defaults)
-    layers = [(config.get("methods", {}).get(cls.name, {}), f"methods.{cls.name}"),
+    spec = method_spec(entry["method"], f"variants.{variant}.method")
+    params = copy.deepcopy(dict(spec.defaults))
+    layers = [(config.get("methods", {}).get(spec.name, {}), f"methods.{spec.name}"),
               ({k: v for k, v in entry.items() if k not in RESERVED_VARIANT_KEYS}, f"variants.{variant}")]
     if model is not None:
-        overrides = config["models"][model].get("overrides", {}).get(cls.name, {})
-        layers.append((overrides, f"models.{model}.overrides.{cls.name}"))
+        overrides = config["models"][model].get("overrides", {}).get(spec.name, {})
+        layers.append((overrides, f"models.{model}.overrides.{spec.name}"))
     for values, where in layers:
         for key, value in values.items():
             if key not in params:
-                raise UserError(f"{where}.{key}: unknown parameter of method {cls.name!r}; "
+                raise UserError(f"{where}.{key}: unknown parameter of method {spec.name!r}; "
                                 f"allowed: {', '.join(sorted(params)) or 'none'}")
             params[key] = _merge(params[key], value)
-    return cls, params
+    return spec, params
 
 
 def variant_target_ratio(config: dict[str, Any], variant: str) -> float:
     """The variant's own target ratio (e.g. SLEB's rows at 20%, the ratio sweeps of Figures 6-7), else the config's."""
     return float(config["variants"][variant].get("target_ratio", config["target_ratio"]))
+
+
+def _builtin_spec(name: str) -> MethodSpec:
+    spec = _import(BUILTIN_METHODS[name], f"built-in method {name!r}")
+    if not isinstance(spec, MethodSpec):
+        raise TypeError(f"{BUILTIN_METHODS[name]} is a {type(spec).__name__}, not a MethodSpec")
+    return replace(spec, name=name)
+
+
+@lru_cache(maxsize=None)
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    return {point.name: point for point in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _entry_point_spec(name: str) -> MethodSpec:
+    point = _entry_points()[name]
+    where = f"entry point {name} = {point.value} ({ENTRY_POINT_GROUP})"
+    cls = _import(point.value, where)
+    if not (isinstance(cls, type) and issubclass(cls, PruningMethod)):
+        raise UserError(f"{where}: {point.value} is not a PruningMethod subclass; allowed: a method class")
+    if cls.name and cls.name != name:
+        raise UserError(f"{where}: the class is registered as {cls.name!r}; allowed: the entry point's own name")
+    if name not in _CLASSES:
+        register_method(name)(cls)
+    return _SPECS[name]
+
+
+def _import(target: str, where: str) -> Any:
+    module_name, _, attribute = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise UserError(f"{where}: cannot import {target!r} ({error}); allowed: an importable 'module:attribute'") \
+            from error
 
 
 def _merge(base: Any, override: Any) -> Any:

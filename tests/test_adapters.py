@@ -110,3 +110,47 @@ def test_unknown_model_type_names_the_supported_ones():
 
     with pytest.raises(UserError, match="bert.*" + ".*".join(supported_model_types())):
         adapter_for(Fake())
+
+
+# -- the family list: adapters, FLOPs shapes and custom code all come from it ---------------------------------------
+def _tiny_model(model_type: str) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(model_type, hidden_size=64, intermediate_size=96, ffn_dim=96, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
+                                  max_position_embeddings=64, word_embed_proj_dim=64)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("model_type", supported_model_types())
+def test_each_family_counts_the_parameters_transformers_builds(model_type):
+    from kdp import flops
+
+    model = _tiny_model(model_type)
+    adapter = adapter_for(model)
+    assert flops.model_parameters(model.config) == sum(p.numel() for p in model.parameters())
+    assert flops.layer_parameters(model.config) == adapter.layer_parameter_count(0)
+    assert adapter.layer(0).query_key_value[0].out_features == flops.decoder_layer_spec(model.config).attention_width
+
+
+@pytest.mark.parametrize("model_type", supported_model_types())
+def test_each_family_gets_custom_code_that_the_saved_shim_exports(model_type):
+    import importlib.util
+
+    from kdp import hf_custom
+
+    model = _tiny_model(model_type)
+    shim_spec = importlib.util.spec_from_file_location("modeling_kdp_bench", hf_custom.SHIM)
+    shim = importlib.util.module_from_spec(shim_spec)
+    shim_spec.loader.exec_module(shim)
+    custom = getattr(shim, f"KdpBench{type(model).__name__}")
+    assert issubclass(custom, type(model)) and custom is getattr(hf_custom, custom.__name__)
+
+
+def test_decoder_layer_in_finds_a_wrapped_layer_and_nothing_in_other_replacements(micro_model):
+    adapter = adapter_for(micro_model)
+    layer = adapter.layers[0]
+    assert adapter.decoder_layer_in(layer).layer is layer
+    assert adapter.decoder_layer_in(nn.Sequential(nn.Identity(), layer)).layer is layer
+    assert adapter.decoder_layer_in(nn.Linear(4, 4)) is None

@@ -9,7 +9,10 @@ import pandas as pd
 import pytest
 
 from kdp import audit, config as kdp_config
-from kdp.audit_report import OUTPUT_COLUMNS, audit_report, audit_tables, build_audit, read_audit_csv
+from kdp.audit_report import (
+    CLAIMS_COLUMNS, OUTPUT_COLUMNS, VERDICT_ORDER, audit_claims, audit_report, audit_tables, build_audit,
+    read_audit_csv,
+)
 from kdp.errors import UserError
 from tests.latex import assert_compilable
 
@@ -67,7 +70,7 @@ def test_audit_rows_and_known_inconsistencies(paper_audit):
     # A claim that holds.
     assert frame.loc["T01/LLaMA-2-7B/Ours/Avg", "verdict"] == "consistent"
     verdicts = frame["verdict"].tolist()
-    assert verdicts == sorted(verdicts, key={"inconsistent": 0, "not_checkable": 1, "consistent": 2}.get)
+    assert verdicts == sorted(verdicts, key=VERDICT_ORDER.get)
 
 
 def test_inconsistent_rows_sorted_by_discrepancy(paper_audit):
@@ -115,8 +118,10 @@ def test_embedded_models_are_analogous_not_judged(embedded, tmp_path):
     rows = (classification_rows("smollm2-135m", "dense", "Dense", 0.0, 40.0, 40.0, 100.0)
             + classification_rows("smollm2-135m", "kdp", "Ours", 0.24, 30.0, 30.0, 75.0))
     tables = {"table1": table_csv(tmp_path / "table1.csv", rows)}
-    out = {name: str(tmp_path / "results" / name) for name in ("audit.csv", "audit.tex", "audit_analogous.csv")}
-    audit_tables(embedded, tables, out["audit.csv"], out["audit.tex"], out["audit_analogous.csv"])
+    out = {name: str(tmp_path / "results" / name) for name in ("audit.csv", "audit.tex", "audit_analogous.csv",
+                                                                 "claims.csv", "claims.md")}
+    audit_claims(embedded, out["claims.csv"], out["claims.md"])
+    audit_tables(embedded, out["claims.csv"], tables, out["audit.csv"], out["audit.tex"], out["audit_analogous.csv"])
     frame = read_audit_csv(out["audit.csv"])
     # Only the analytic rows carry a reproduced value.
     reproduced = frame[frame["reproduced"] != ""]
@@ -170,11 +175,47 @@ def test_paper_profile_plans_audit_from_tables_only():
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "snakemake", "-n", "--configfile=config/paper.yaml", "results/audit_report.md"]
+    command = [sys.executable, "-m", "snakemake", "-n", "--configfile=config/paper.yaml", "--forcerun", "audit_claims",
+               "--", "results/audit_report.md"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     audit_job = out.split("rule audit:")[1].split("output:")[0]
     assert "results/table1.csv" in audit_job and "results/eval/" not in audit_job
+    assert "results/audit/claims.csv" in audit_job
+    claims_job = out.split("rule audit_claims:")[1].split("output:")[0]
+    assert "resources/claims/table01.csv" in claims_job and "results/" not in claims_job
     report_job = out.split("rule audit_report:")[1].split("output:")[0]
     assert all(f"results/figures/figure{n}.png" in report_job for n in (1, 6, 7, 8))
+
+
+def test_joined_audit_keeps_the_claims_audit_rows(embedded, tmp_path):
+    """The full audit's claims section is the claims-only audit, row for row (the join only adds columns)."""
+    out = {name: str(tmp_path / name) for name in ("claims.csv", "claims.md", "audit.csv", "audit.tex", "a.csv")}
+    audit_claims(embedded, out["claims.csv"], out["claims.md"])
+    rows = (classification_rows("smollm2-135m", "kdp", "Ours", 0.24, 30.0, 30.0, 75.0))
+    audit_tables(embedded, out["claims.csv"], {"table1": table_csv(tmp_path / "table1.csv", rows)}, out["audit.csv"],
+                 out["audit.tex"], out["a.csv"])
+    claims, joined = read_audit_csv(out["claims.csv"]), read_audit_csv(out["audit.csv"])
+    claimed_rows = joined[joined["rule"] != "printed_cell"][list(CLAIMS_COLUMNS)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(claimed_rows, claims[list(CLAIMS_COLUMNS)])
+    inconsistent = claims[claims["verdict"] == "inconsistent"]["claim_id"].tolist()
+    assert inconsistent and inconsistent == joined[joined["verdict"] == "inconsistent"]["claim_id"].tolist()
+    report = Path(out["claims.md"]).read_text()
+    assert "## How each derived column was computed" in report and "| T01/Avg |" in report
+
+
+def test_table_confidence_intervals_reach_the_verdict(paper, tmp_path):
+    """A results table with ``ci_low``/``ci_high`` (per cell) is judged by the interval, not the 5-point band."""
+    fields = TABLE_FIELDS + ",ci_low,ci_high"
+    rows = [("llama-2-7b", "kdp", "Ours", 0.228, "hellaswag", "HeSw", "accuracy", 62.0, 1.0, 25, 100, 61.0, 63.0),
+            ("llama-2-7b", "kdp", "Ours", 0.228, "mmlu", "MMLU", "accuracy", 43.0, 1.0, 25, 100, "", "")]
+    path = tmp_path / "table1.csv"
+    path.write_text("\n".join(["# table: \"synthetic\"", fields, *(",".join(map(str, r)) for r in rows)]) + "\n")
+    frame, _ = build_audit(paper, {"table1": str(path)})
+    frame = frame.set_index("claim_id")
+    # HeSw: 62.0 is within 5 points of the printed 65.1, but its interval [61, 63] misses it.
+    hesw = frame.loc["T01/LLaMA-2-7B/Ours/HeSw"]
+    assert (hesw["reproduced_tolerance"], hesw["reproduced_verdict"]) == ("CI [61, 63]", "differs")
+    mmlu = frame.loc["T01/LLaMA-2-7B/Ours/MMLU"]  # no interval printed: the fixed band
+    assert (mmlu["reproduced_tolerance"], mmlu["reproduced_verdict"]) == ("±5", "agrees")

@@ -64,13 +64,13 @@ def _calibration(samples: int = 160, length: int = 16) -> CalibrationSet:
 
 
 def _context(variant: str, model: nn.Module, hidden=None, fits=None) -> tuple:
-    cls, params = resolve_params(_config(), variant)
+    spec, params = resolve_params(_config(), variant)
     ctx = PruneContext(
         model=model, adapter=adapter_for(model), tokenizer=None, params=params, target_ratio=0.25, seed=0,
         device=torch.device("cpu"), model_name="micro", calibration=_calibration(), hidden=hidden, blocks=[BLOCK],
         block_fits=fits, load_teacher=_model,
     )
-    return cls(params), ctx
+    return spec.build(params), ctx
 
 
 @cache

@@ -16,6 +16,10 @@ from kdp import corpus, tasks
 from kdp.errors import UserError
 from kdp.io import sha256_file
 
+from tests.maintainer_scripts import load_script
+
+vendor_bigbench = load_script("vendor_bigbench")
+
 PAPER_CUSTOM = {b.name: b for b in tasks.SUITES["paper"].values() if b.task.startswith("kdp_")}
 PAPER_BUILTIN = {b.name: b for b in tasks.SUITES["paper"].values() if not b.task.startswith("kdp_")}
 LM_EVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
@@ -125,7 +129,7 @@ def test_embedded_yaml_points_at_absolute_data_files_and_loads(tmp_path):
         assert data.is_absolute() and data.is_file() and data.parent == out
     loaded = manager.load([tasks.SUITES["embedded"]["kjv_cloze"].task])["tasks"]
     docs = list(next(iter(loaded.values())).test_docs())
-    assert len(docs) == tasks.KJV_SIZES["kjv_cloze"]
+    assert len(docs) == tasks.KJV_POOL_SIZES["kjv_cloze"]
 
 
 def _rows(path: Path) -> list[dict]:
@@ -133,7 +137,8 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_kjv_items_hold_only_held_out_text(tmp_path):
-    out = tasks.write_task_suite("embedded", ["kjv_next_verse", "kjv_cloze", "kjv_perplexity"], tmp_path / "s", 0)
+    out = tasks.write_task_suite("embedded", ["kjv_next_verse", "kjv_cloze", "kjv_word_order", "kjv_perplexity"],
+                                 tmp_path / "s", 0)
     held_out = {v["citation"]: v["text"] for v in corpus.verses("test")}
     seen = {v["text"] for split in ("train", "validation") for v in corpus.verses(split)}
     for row in _rows(out / "kjv_next_verse.jsonl"):
@@ -144,6 +149,9 @@ def test_kjv_items_hold_only_held_out_text(tmp_path):
     for row in _rows(out / "kjv_cloze.jsonl"):
         verse = held_out[row["citation"]]
         assert verse.startswith(row["context"]) and verse not in seen
+    for row in _rows(out / "kjv_word_order.jsonl"):
+        verse = row["choices"][row["label"]]
+        assert held_out[row["citation"]] == verse and verse not in seen
     chapters = {f"{book} {chapter}": text for book, chapter, text in corpus.chapters("test")}
     documents = _rows(out / "kjv_perplexity.jsonl")
     assert all(chapters[row["citation"]] == row["text"] for row in documents)
@@ -154,7 +162,6 @@ def test_kjv_items_are_well_formed():
     verses = corpus.verses("test")
     by_citation = {v["citation"]: i for i, v in enumerate(verses)}
     next_verse = tasks.kjv_next_verse_items(seed=0)
-    assert len(next_verse) == tasks.KJV_SIZES["kjv_next_verse"]
     for item in next_verse:
         true = verses[by_citation[item["citation"]] + 1]
         assert item["choices"][item["label"]] == true["text"]
@@ -167,6 +174,65 @@ def test_kjv_items_are_well_formed():
         word = item["choices"][item["label"]]
         assert re.fullmatch(re.escape(item["context"]) + r"\s+" + word + r"\W*", verse)
         assert len({c.lower() for c in item["choices"]}) == tasks.KJV_CHOICES
+    for item in tasks.kjv_word_order_items(seed=0):
+        verse = verses[by_citation[item["citation"]]]["text"]
+        assert item["context"] == "" and item["choices"][item["label"]] == verse
+        assert len(set(item["choices"])) == tasks.KJV_CHOICES
+        for choice in item["choices"]:  # the same words; a distractor differs from the verse in two neighbours
+            differ = [i for i, (a, b) in enumerate(zip(choice.split(" "), verse.split(" "))) if a != b]
+            assert sorted(choice.split(" ")) == sorted(verse.split(" "))
+            assert choice == verse or (len(differ) == 2 and differ[1] == differ[0] + 1 and differ[0] > 0)
+
+
+def test_kjv_pools_hold_every_qualifying_verse():
+    for name, size in tasks.KJV_POOL_SIZES.items():
+        pool = tasks.KJV_ITEMS[name](seed=0)
+        assert len(pool) == size == tasks.benchmark(name).n_items
+        assert len({item["citation"] for item in pool}) == size  # one item per verse (pair)
+
+
+def test_held_out_books_are_disjoint_from_training_text():
+    books = {split: {v["book"] for v in corpus.verses(split)} for split in corpus.SPLITS}
+    assert books["test"] == set(corpus.TEST_BOOKS)
+    assert not books["test"] & books["train"] and not books["test"] & books["validation"]
+
+
+MC = [b.name for b in tasks.SUITES["embedded"].values() if b.kind == "accuracy"]
+
+
+def test_item_limit_writes_one_seeded_subset_for_every_run(tmp_path):
+    full = tasks.write_task_suite("embedded", MC + ["kjv_perplexity"], tmp_path / "full", seed=0)
+    first = tasks.write_task_suite("embedded", MC + ["kjv_perplexity"], tmp_path / "a", seed=0, items_per_task=30)
+    again = tasks.write_task_suite("embedded", MC + ["kjv_perplexity"], tmp_path / "b", seed=0, items_per_task=30)
+    other = tasks.write_task_suite("embedded", ["kjv_cloze", "bb_bbq_lite_json_race_ethnicity_disambig"],
+                                   tmp_path / "c", seed=1, items_per_task=30)
+    manifest = json.loads((first / tasks.MANIFEST).read_text())
+    assert manifest["items_per_task"] == 30
+    for name in MC:
+        pool, chosen = _rows(full / f"{name}.jsonl"), _rows(first / f"{name}.jsonl")
+        assert (first / f"{name}.jsonl").read_bytes() == (again / f"{name}.jsonl").read_bytes()
+        assert len(pool) == tasks.benchmark(name).n_items
+        assert len(chosen) == min(30, len(pool))
+        positions = [pool.index(row) for row in chosen]  # every chosen item is a pool item, in pool order
+        assert positions == sorted(positions)
+        assert manifest["written"][name] == {"n": len(chosen), "chance": pytest.approx(tasks.chance_of(chosen))}
+    for name in ("kjv_cloze", "bb_bbq_lite_json_race_ethnicity_disambig"):
+        assert (other / f"{name}.jsonl").read_bytes() != (first / f"{name}.jsonl").read_bytes()
+    # perplexity documents are never cut
+    assert (first / "kjv_perplexity.jsonl").read_bytes() == (full / "kjv_perplexity.jsonl").read_bytes()
+    with pytest.raises(UserError, match="items_per_task 0"):
+        tasks.write_task_suite("embedded", ["kjv_cloze"], tmp_path / "d", seed=0, items_per_task=0)
+
+
+def test_build_tasks_honours_the_config_switch(tmp_path):
+    from kdp.steps import build_tasks
+
+    config = {"seed": 0, "evaluation": {"suite": "embedded", "benchmarks": ["kjv_word_order"], "items_per_task": 7}}
+    build_tasks(config, str(tmp_path / "subset"))
+    assert len(_rows(tmp_path / "subset" / "kjv_word_order.jsonl")) == 7
+    config["evaluation"]["items_per_task"] = None
+    build_tasks(config, str(tmp_path / "full"))
+    assert len(_rows(tmp_path / "full" / "kjv_word_order.jsonl")) == tasks.KJV_POOL_SIZES["kjv_word_order"]
 
 
 def test_unknown_benchmark_is_a_user_error_naming_it(tmp_path):
@@ -206,5 +272,41 @@ def test_vendored_bigbench_files_match_their_notice():
         if b.name.startswith("bb_"):
             path = tasks.BIGBENCH_DIR / f"{b.name.removeprefix('bb_')}.jsonl"
             row = next(line for line in notice.splitlines() if line.startswith(f"| `{path.name}`"))
-            assert f"`{sha256_file(path)}`" in row and f"| {b.n_items} |" in row
+            assert f"`{sha256_file(path)}`" in row and f"| {b.n_items} / " in row
             assert "canary" not in path.read_text(encoding="utf-8").lower()
+            licence = row.split(" | ")[-2]  # the licence column: every vendored task names its terms
+            assert "Apache-2.0" in licence
+            items = _rows(path)
+            assert len(items) <= vendor_bigbench.MAX_ITEMS
+            assert all(set(item) == {"prefix", "question", "choices", "labels"} for item in items)
+
+
+def test_every_vendored_file_has_provenance():
+    vendored = {p.stem for p in tasks.BIGBENCH_DIR.glob("*.jsonl")}
+    assert vendored == {vendor_bigbench.file_stem(path) for path in vendor_bigbench.PROVENANCE}
+    assert vendored == {b.name.removeprefix("bb_") for b in tasks.SUITES["embedded"].values()
+                        if b.name.startswith("bb_")}
+    for source in vendor_bigbench.PROVENANCE.values():
+        assert source.author and source.origin and source.licence
+
+
+def test_only_permissively_licensed_tasks_are_vendored():
+    for path, source in vendor_bigbench.PROVENANCE.items():
+        vendor_bigbench.check_permissive(path, source)
+        assert set(source.data_licences.values()) <= set(vendor_bigbench.PERMISSIVE)
+    registered = {b.name for b in tasks.SUITES["embedded"].values()}
+    for path in vendor_bigbench.NOT_VENDORED:
+        stem = vendor_bigbench.file_stem(path)
+        assert not (tasks.BIGBENCH_DIR / f"{stem}.jsonl").exists() and f"bb_{stem}" not in registered
+        assert path not in vendor_bigbench.PROVENANCE
+    notice = (tasks.BIGBENCH_DIR / "NOTICE.md").read_text(encoding="utf-8")
+    assert all(f"[{path}](" in notice for path in vendor_bigbench.NOT_VENDORED)
+
+
+def test_vendoring_refuses_a_non_permissive_source_before_writing(tmp_path, monkeypatch):
+    wikihow = vendor_bigbench.Source("someone", "wikiHow articles", {"wikiHow": "CC-BY-NC-SA-3.0"})
+    assert wikihow.licence == "wikiHow: CC-BY-NC-SA-3.0; task: Apache-2.0 (BIG-bench)"
+    monkeypatch.setitem(vendor_bigbench.PROVENANCE, "goal_step_wikihow/step_inference", wikihow)
+    with pytest.raises(UserError, match=r"goal_step_wikihow/step_inference.*CC-BY-NC-SA-3.0; allowed: Apache-2.0"):
+        vendor_bigbench.vendor(tmp_path / "no-sdist.tar.gz", out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

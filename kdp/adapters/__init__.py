@@ -1,29 +1,30 @@
-"""Model adapters, chosen by ``config.model_type``."""
+"""Model adapters, chosen by ``config.model_type``: the only place that knows model families.
+
+`kdp.adapters.families` lists the families and what a config alone tells of them (no torch is imported, so the
+workflow and `kdp.flops` can use it when they load); each family's `ModelAdapter` (``llama.py``, ``opt.py``) works
+on a loaded model and is imported when one is wrapped.
+"""
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
 
-from kdp.adapters.base import LayerAdapter, LayerInputs, ModelAdapter
-from kdp.adapters.llama import LlamaAdapter
-from kdp.adapters.opt import OPTAdapter
-from kdp.errors import UserError
+from kdp.adapters.families import FAMILIES, Family, family_for, supported_model_types
 
-_ADAPTERS: tuple[type[ModelAdapter], ...] = (LlamaAdapter, OPTAdapter)
+# Defined in kdp.adapters.base, which imports torch: loaded on first use (PEP 562) so the family list stays light.
+_BASE_NAMES = ("LayerAdapter", "LayerInputs", "ModelAdapter")
 
 
-def supported_model_types() -> list[str]:
-    return sorted(t for adapter in _ADAPTERS for t in adapter.model_types)
+def adapter_for(model: Any) -> "ModelAdapter":  # noqa: F821 - a lazily loaded name
+    return family_for(getattr(model.config, "model_type", None)).adapter_class()(model)
 
 
-def adapter_for(model: nn.Module) -> ModelAdapter:
-    model_type = getattr(model.config, "model_type", None)
-    for adapter in _ADAPTERS:
-        if model_type in adapter.model_types:
-            return adapter(model)
-    raise UserError(
-        f"model_type {model_type!r} has no adapter; supported model types: {', '.join(supported_model_types())}"
-    )
+def __getattr__(name: str) -> Any:
+    if name in _BASE_NAMES:
+        from kdp.adapters import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["LayerAdapter", "LayerInputs", "ModelAdapter", "adapter_for", "supported_model_types"]
+__all__ = ["FAMILIES", "Family", *_BASE_NAMES, "adapter_for", "family_for", "supported_model_types"]

@@ -5,8 +5,8 @@ them one at a time on captured inputs, how to remove or replace a span of them w
 `generate()` working, and parameter counts. A `LayerAdapter` names the linear maps and norms inside one decoder
 layer for the width pruners (SliceGPT, LLM-Pruner) and for weight merging (LaCo).
 
-Family-specific code lives in one file per family (`llama.py`, `opt.py`); the family is chosen by
-`config.model_type`, never by a hub id.
+Family-specific code lives in one file per family (`llama.py`, `opt.py`) and, for what a config alone tells,
+in `families.py`; the family is chosen by `config.model_type`, never by a hub id.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from operator import attrgetter
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -54,42 +55,62 @@ def _move(value: Any, device: torch.device | str) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class LayerPaths:
+    """Attribute paths of the parts of a family's decoder layer, relative to the layer (e.g. ``self_attn.q_proj``)."""
+
+    attention_norm: str
+    mlp_norm: str
+    attention: str
+    query_key_value: tuple[str, str, str]
+    attention_output: str
+    mlp_inputs: tuple[str, ...]
+    mlp_output: str
+
+
 class LayerAdapter(ABC):
     """Names the parts of one decoder layer that width pruners and weight mergers act on."""
+
+    #: Where the family keeps each part inside its decoder layer.
+    paths: ClassVar[LayerPaths]
 
     def __init__(self, layer: nn.Module):
         self.layer = layer
 
-    @property
-    @abstractmethod
-    def attention_norm(self) -> nn.Module: ...
+    def _part(self, path: str) -> nn.Module:
+        return attrgetter(path)(self.layer)
 
     @property
-    @abstractmethod
-    def mlp_norm(self) -> nn.Module: ...
+    def attention_norm(self) -> nn.Module:
+        return self._part(self.paths.attention_norm)
 
     @property
-    @abstractmethod
-    def query_key_value(self) -> tuple[nn.Linear, nn.Linear, nn.Linear]: ...
+    def mlp_norm(self) -> nn.Module:
+        return self._part(self.paths.mlp_norm)
 
     @property
-    @abstractmethod
+    def query_key_value(self) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+        query, key, value = (self._part(path) for path in self.paths.query_key_value)
+        return query, key, value
+
+    @property
     def attention_output(self) -> nn.Linear:
         """The linear that writes attention back to the residual stream."""
+        return self._part(self.paths.attention_output)
 
     @property
-    @abstractmethod
     def mlp_inputs(self) -> list[nn.Linear]:
         """Linears that read the (normed) residual stream into the MLP (gate and up, or fc1)."""
+        return [self._part(path) for path in self.paths.mlp_inputs]
 
     @property
-    @abstractmethod
     def mlp_output(self) -> nn.Linear:
         """The linear that writes the MLP back to the residual stream (down, or fc2)."""
+        return self._part(self.paths.mlp_output)
 
     @property
-    @abstractmethod
-    def head_dim(self) -> int: ...
+    def head_dim(self) -> int:
+        return int(self._part(self.paths.attention).head_dim)
 
     @property
     @abstractmethod
@@ -125,9 +146,10 @@ class LayerAdapter(ABC):
 
 
 class ModelAdapter(ABC):
-    """Family-agnostic handle on a decoder-only causal LM."""
+    """Family-agnostic handle on a decoder-only causal LM (`kdp.adapters.families` says which family gets which)."""
 
-    model_types: tuple[str, ...] = ()
+    #: The family's `LayerAdapter`.
+    layer_adapter: ClassVar[type[LayerAdapter]]
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -182,11 +204,18 @@ class ModelAdapter(ABC):
     def embedding_modules(self) -> list[nn.Module]:
         """Modules that write into the residual stream before layer 0 (token and, for OPT, position embeddings)."""
 
-    @abstractmethod
-    def layer(self, index: int) -> LayerAdapter: ...
+    def layer(self, index: int) -> LayerAdapter:
+        return self.layer_adapter(self.layers[index])
 
     def is_decoder_layer(self, module: nn.Module) -> bool:
         return isinstance(module, self.decoder_layer_class())
+
+    def decoder_layer_in(self, module: nn.Module) -> LayerAdapter | None:
+        """The parts of the decoder layer ``module`` is or wraps (e.g. SliceGPT's shortcut wrapper); None for a
+        replacement without one (a KDP fold, Streamline's FFN)."""
+        decoder = self.decoder_layer_class()
+        found = next((sub for sub in module.modules() if isinstance(sub, decoder)), None)
+        return None if found is None else self.layer_adapter(found)
 
     @abstractmethod
     def decoder_layer_class(self) -> type[nn.Module]: ...

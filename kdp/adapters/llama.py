@@ -7,38 +7,19 @@ import importlib
 import torch
 from torch import nn
 
-from kdp.adapters.base import LayerAdapter, ModelAdapter
+from kdp.adapters.base import LayerAdapter, LayerPaths, ModelAdapter
 
 
 class LlamaLayerAdapter(LayerAdapter):
-    @property
-    def attention_norm(self) -> nn.Module:
-        return self.layer.input_layernorm
-
-    @property
-    def mlp_norm(self) -> nn.Module:
-        return self.layer.post_attention_layernorm
-
-    @property
-    def query_key_value(self) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
-        attn = self.layer.self_attn
-        return attn.q_proj, attn.k_proj, attn.v_proj
-
-    @property
-    def attention_output(self) -> nn.Linear:
-        return self.layer.self_attn.o_proj
-
-    @property
-    def mlp_inputs(self) -> list[nn.Linear]:
-        return [self.layer.mlp.gate_proj, self.layer.mlp.up_proj]
-
-    @property
-    def mlp_output(self) -> nn.Linear:
-        return self.layer.mlp.down_proj
-
-    @property
-    def head_dim(self) -> int:
-        return int(self.layer.self_attn.head_dim)
+    paths = LayerPaths(
+        attention_norm="input_layernorm",
+        mlp_norm="post_attention_layernorm",
+        attention="self_attn",
+        query_key_value=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        attention_output="self_attn.o_proj",
+        mlp_inputs=("mlp.gate_proj", "mlp.up_proj"),
+        mlp_output="mlp.down_proj",
+    )
 
     @property
     def num_heads(self) -> int:
@@ -62,7 +43,7 @@ class LlamaLayerAdapter(LayerAdapter):
 
 
 class LlamaAdapter(ModelAdapter):
-    model_types = ("llama", "mistral", "qwen2")
+    layer_adapter = LlamaLayerAdapter
 
     @property
     def backbone(self) -> nn.Module:
@@ -81,9 +62,6 @@ class LlamaAdapter(ModelAdapter):
 
     def embedding_modules(self) -> list[nn.Module]:
         return [self.backbone.embed_tokens]
-
-    def layer(self, index: int) -> LlamaLayerAdapter:
-        return LlamaLayerAdapter(self.layers[index])
 
     def decoder_layer_class(self) -> type[nn.Module]:
         return _decoder_class(self.model)

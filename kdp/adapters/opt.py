@@ -9,39 +9,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdp.adapters.base import LayerAdapter, ModelAdapter
+from kdp.adapters.base import LayerAdapter, LayerPaths, ModelAdapter
 from kdp.errors import UserError
 
 
 class OPTLayerAdapter(LayerAdapter):
-    @property
-    def attention_norm(self) -> nn.Module:
-        return self.layer.self_attn_layer_norm
-
-    @property
-    def mlp_norm(self) -> nn.Module:
-        return self.layer.final_layer_norm
-
-    @property
-    def query_key_value(self) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
-        attn = self.layer.self_attn
-        return attn.q_proj, attn.k_proj, attn.v_proj
-
-    @property
-    def attention_output(self) -> nn.Linear:
-        return self.layer.self_attn.out_proj
-
-    @property
-    def mlp_inputs(self) -> list[nn.Linear]:
-        return [self.layer.fc1]
-
-    @property
-    def mlp_output(self) -> nn.Linear:
-        return self.layer.fc2
-
-    @property
-    def head_dim(self) -> int:
-        return int(self.layer.self_attn.head_dim)
+    paths = LayerPaths(
+        attention_norm="self_attn_layer_norm",
+        mlp_norm="final_layer_norm",
+        attention="self_attn",
+        query_key_value=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        attention_output="self_attn.out_proj",
+        mlp_inputs=("fc1",),
+        mlp_output="fc2",
+    )
 
     @property
     def num_heads(self) -> int:
@@ -69,7 +50,7 @@ class OPTLayerAdapter(LayerAdapter):
 
 
 class OPTAdapter(ModelAdapter):
-    model_types = ("opt",)
+    layer_adapter = OPTLayerAdapter
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
@@ -99,9 +80,6 @@ class OPTAdapter(ModelAdapter):
 
     def embedding_modules(self) -> list[nn.Module]:
         return [self.backbone.embed_tokens, self.backbone.embed_positions]
-
-    def layer(self, index: int) -> OPTLayerAdapter:
-        return OPTLayerAdapter(self.layers[index])
 
     def decoder_layer_class(self) -> type[nn.Module]:
         from transformers.models.opt.modeling_opt import OPTDecoderLayer

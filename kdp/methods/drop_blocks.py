@@ -7,8 +7,7 @@ from kdp.registry import PruneContext, PruneRecord, PruningMethod, register_meth
 
 @register_method("drop_blocks")
 class DropBlocks(PruningMethod):
-    requires = frozenset({"blocks"})
-    defaults = {"selection": {}}
+    """Inputs and hyperparameters: `kdp.methods.specs.DROP_BLOCKS`."""
 
     def prune(self, ctx: PruneContext) -> PruneRecord:
         layers = sorted(i for block in ctx.blocks for i in block.layers)

@@ -29,6 +29,7 @@ from kdp.fold import fold_from_config
 from kdp.hf_custom import apply_edit
 from kdp.io import atomic_path, read_json, write_json
 from kdp.linearize import BlockData, KDPConfig, fit_direct_ols, fit_kdp, fit_sequential_ols, reconstruction_metrics
+from kdp.methods.specs import PEFT_DEFAULTS
 from kdp.registry import PruneContext, PruneRecord, PruningMethod, register_method
 
 FOLDS = ("kernel", "direct_ols", "sequential_ols")
@@ -36,27 +37,10 @@ FOLD_WEIGHTS = "fold.safetensors"
 FOLD_CONFIG = "fold_config.json"
 KERNEL_SAMPLE = "kernel_space_sample.npz"
 
-# Appendix B, "Post training".
-PEFT_DEFAULTS = {
-    "rank": 8, "alpha": 32.0, "dropout": 0.05, "kd_weight": 0.5, "temperature": 1.0, "lr": 1e-4,
-    "weight_decay": 0.0, "clip": 1.0, "warmup": 0.03, "schedule": "cosine", "epochs": 1.0, "batch_size": 4,
-    "grad_accum": 1, "eval_every": 16, "patience": 5, "validation_fraction": 0.1,
-}
-
 
 @register_method("kdp")
 class KDP(PruningMethod):
-    requires = frozenset({"hidden_states", "calibration", "blocks", "block_fits", "teacher"})
-    fits_blocks = True
-    defaults = {
-        "calibration": "standard",
-        "selection": {},
-        "fold": "kernel",
-        "fit": {},  # overrides of kdp.linearize.KDPConfig (rff_dim, rank, epochs, ...)
-        "finetune": False,
-        "peft": dict(PEFT_DEFAULTS),
-        "reuse_fits_of": None,  # another variant whose block fits this one uses unchanged
-    }
+    """Inputs and hyperparameters: `kdp.methods.specs.KDP`."""
 
     def fit_block(self, ctx: PruneContext, block, out_dir: Path) -> dict[str, Any]:
         kind = self.params["fold"]

@@ -1,8 +1,8 @@
 """How KDP's quality on held-out text depends on each choice of issue 13: the outlier gate, per-batch OLS in Step 1,
 Step 2's step budget, Sigma's role, and the amount of calibration text.
 
-    OMP_NUM_THREADS=2 nice python benchmarks/kdp_sensitivity.py --models smollm2-135m --blocks 3
-    python benchmarks/kdp_sensitivity.py --models opt-kjv --settings default --train-samples 128 512 1024
+    OMP_NUM_THREADS=2 python bench/kdp_sensitivity.py --models smollm2-135m --blocks 3
+    python bench/kdp_sensitivity.py --models opt-kjv --settings default --train-samples 128 512 1024
 
 For each model of config/config.yaml:
 1. the norm profile of its calibration states (median token norm per layer, largest first-token and other-token

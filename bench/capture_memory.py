@@ -1,7 +1,7 @@
 """Peak host memory of the hidden-state capture: one decoder layer at a time (streamed) vs the whole model loaded.
 
-    python benchmarks/capture_memory.py                      # LLaMA-2-7B config at full width, 4 layers
-    python benchmarks/capture_memory.py --config llama-2-13b --layers 2 --samples 16 --length 256
+    python bench/capture_memory.py                      # LLaMA-2-7B config at full width, 4 layers
+    python bench/capture_memory.py --config llama-2-13b --layers 2 --samples 16 --length 256
 
 A checkpoint with random weights is written in the layout of a real hub model (fp16, one safetensors shard per
 decoder layer plus an index) from ``resources/model_configs/<config>.json`` with ``--layers`` decoder layers.

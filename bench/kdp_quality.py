@@ -1,7 +1,7 @@
 """KDP against its ablations on one block of each embedded model, on held-out text (KJV validation books).
 
-    OMP_NUM_THREADS=1 nice python benchmarks/kdp_quality.py                 # both embedded models, < 10 min
-    python benchmarks/kdp_quality.py --models opt-kjv --kernel-epochs 20 --out results/bench/kdp_quality.json
+    OMP_NUM_THREADS=1 nice python bench/kdp_quality.py                 # both embedded models, < 10 min
+    python bench/kdp_quality.py --models opt-kjv --kernel-epochs 20 --out results/bench/kdp_quality.json
 
 For each model of config/config.yaml:
 1. the base model (results/models/{model}/base when the workflow built it, else materialised into ``--work``);
@@ -28,31 +28,29 @@ import argparse
 import copy
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
+from kdp.adapters import adapter_for
+from kdp.calibration import CalibrationSet, build
+from kdp.capture import HiddenStates, capture
+from kdp.config import load as load_config
+from kdp.finetune import validation_perplexity
+from kdp.fold import fold_from_config
+from kdp.io import read_json, write_json
+from kdp.kdp_figures import render_kdp_figures
+from kdp.linearize import BlockData, KDPConfig, reconstruction_metrics
+from kdp.methods.kdp import FOLD_CONFIG, FOLD_WEIGHTS
+from kdp.models import MANIFEST, load_base, materialize_base
+from kdp.provenance import provenance
+from kdp.registry import PruneContext, resolve_params
+from kdp.selection import Block, candidate_blocks
+from kdp.similarity import layer_tokens, linear_cka, token_subsample
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-
-from kdp.adapters import adapter_for  # noqa: E402
-from kdp.calibration import CalibrationSet, build  # noqa: E402
-from kdp.capture import HiddenStates, capture  # noqa: E402
-from kdp.config import load as load_config  # noqa: E402
-from kdp.finetune import validation_perplexity  # noqa: E402
-from kdp.fold import fold_from_config  # noqa: E402
-from kdp.io import read_json, write_json  # noqa: E402
-from kdp.kdp_figures import render_kdp_figures  # noqa: E402
-from kdp.linearize import BlockData, KDPConfig, reconstruction_metrics  # noqa: E402
-from kdp.methods.kdp import FOLD_CONFIG, FOLD_WEIGHTS  # noqa: E402
-from kdp.provenance import provenance  # noqa: E402
-from kdp.models import MANIFEST, load_base, materialize_base  # noqa: E402
-from kdp.registry import PruneContext, resolve_params  # noqa: E402
-from kdp.selection import Block, candidate_blocks  # noqa: E402
-from kdp.similarity import layer_tokens, linear_cka, token_subsample  # noqa: E402
 
 
 # The Table 3 rows and KDP itself, as the config's variants.
@@ -126,7 +124,7 @@ def fit_with_method(config: dict, model: str, variant: str, hidden: HiddenStates
                     overrides: dict | None = None, tag: str | None = None):
     """The registered method's own `fit_block` (as the workflow runs it), with the epoch budget capped; the fit
     directory gets the workflow's layout (record.json, fold weights, kernel-space sample)."""
-    cls, params = resolve_params(config, variant, model)
+    spec, params = resolve_params(config, variant, model)
     params = copy.deepcopy(params)
     fit = params["fit"]
     fit["kernel_max_epochs"] = min(fit.get("kernel_max_epochs", KDPConfig.kernel_max_epochs), args.kernel_epochs)
@@ -137,7 +135,7 @@ def fit_with_method(config: dict, model: str, variant: str, hidden: HiddenStates
     out_dir = args.work / model / (tag or variant) / block.tag
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    record = cls(params).fit_block(ctx, block, out_dir)
+    record = spec.build(params).fit_block(ctx, block, out_dir)
     record["seconds"] = time.perf_counter() - started
     record["provenance"] = provenance(config, config["seed"], model=model, variant=variant, block=block.tag)
     write_json(out_dir / "record.json", record)

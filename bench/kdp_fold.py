@@ -1,7 +1,7 @@
 """Cost of one KDP fold against the k decoder layers it replaces (Appendix I, Table 12), measured on CPU.
 
-    OMP_NUM_THREADS=1 python benchmarks/kdp_fold.py            # both widths, < 3 min on one core
-    python benchmarks/kdp_fold.py --widths smollm2 --samples 32
+    OMP_NUM_THREADS=1 python bench/kdp_fold.py            # both widths, < 3 min on one core
+    python bench/kdp_fold.py --widths smollm2 --samples 32
 
 For each width (SmolLM2-135M, d = 576, config read from the embedded GGUF; LLaMA-2-7B, d = 4096, from
 resources/model_configs/llama-2-7b.json) one real-size decoder layer is built with random weights (the timing does
@@ -22,12 +22,10 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import statistics
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 K = 2
 SEQ_LEN = 128

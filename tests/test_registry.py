@@ -1,0 +1,127 @@
+"""The lazy method registry: variants resolve without importing torch or any method's code, each built-in class
+carries exactly its spec's declarations, and an installed package adds a method through an entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from kdp import registry
+from kdp.errors import UserError
+from kdp.registry import BUILTIN_METHODS, PruningMethod, method_spec, register_method, resolve_params
+from tests.test_workflow import REPO
+
+CONFIGS = ["config/config.yaml", "config/paper.yaml", "tests/integration/config/config.yaml"]
+
+RESOLVE_EVERY_VARIANT = """
+import json, sys
+from kdp.config import load
+from kdp.registry import resolve_params
+resolved = 0
+for path in sys.argv[1:]:
+    config = load(path)
+    for variant in config["variants"]:
+        for model in config["models"]:
+            spec, params = resolve_params(config, variant, model)
+            resolved += bool(spec.name) and isinstance(params, dict)
+print(json.dumps({"resolved": resolved, "torch": "torch" in sys.modules,
+                  "method_modules": sorted(m for m in sys.modules if m.startswith(("kdp.methods.", "baselines."))
+                                           and not m.endswith(".specs"))}))
+"""
+
+
+def _python(code: str, *args: str, pythonpath: str = str(REPO)) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pythonpath, os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_checking_and_resolving_every_configured_variant_imports_neither_torch_nor_a_method():
+    done = _python(RESOLVE_EVERY_VARIANT, *CONFIGS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["resolved"] > 80  # every variant of the three configs, for each of their models
+    assert report["torch"] is False
+    assert report["method_modules"] == []
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_METHODS))
+def test_each_builtin_class_carries_its_specs_declarations(name):
+    spec = method_spec(name, "test")
+    cls = spec.load()
+    assert cls.name == name and spec.implementation == f"{cls.__module__}:{cls.__qualname__}"
+    assert (cls.requires, cls.fits_blocks, cls.defaults) == (spec.requires, spec.fits_blocks, spec.defaults)
+    method = spec.build({"x": 1})
+    assert isinstance(method, cls) and method.params == {"x": 1}
+
+
+def test_variant_layers_override_the_spec_defaults():
+    config = {"target_ratio": 0.25, "methods": {"sleb": {"batch_size": 4}},
+              "models": {"m": {"overrides": {"sleb": {"early_barrier": 2}}}},
+              "variants": {"v": {"method": "sleb", "label": "SLEB", "latter_barrier": 3}}}
+    spec, params = resolve_params(config, "v", "m")
+    assert spec.name == "sleb" and spec.requires == {"calibration"}
+    assert params == {**spec.defaults, "batch_size": 4, "early_barrier": 2, "latter_barrier": 3}
+    with pytest.raises(UserError, match=r"variants\.v\.latter_barier: unknown parameter of method 'sleb'"):
+        resolve_params({**config, "variants": {"v": {"method": "sleb", "latter_barier": 3}}}, "v")
+
+
+def test_a_builtin_name_belongs_to_its_own_class():
+    class Impostor(PruningMethod):
+        def prune(self, ctx):
+            raise AssertionError
+
+    with pytest.raises(TypeError, match="'sleb' is kdp-bench's baselines.sleb:SLEB"):
+        register_method("sleb")(Impostor)
+    with pytest.raises(UserError, match="method 'nope' is unknown; allowed: dense, drop_blocks, kdp"):
+        method_spec("nope", "variants.x.method")
+
+
+PLUGIN = '''
+from kdp.registry import PruneRecord, PruningMethod
+
+
+class KeepFirst(PruningMethod):
+    """Keep the first n decoder layers (an installed package's method, not decorated)."""
+
+    requires = frozenset()
+    defaults = {"keep": 1}
+
+    def prune(self, ctx):
+        ctx.adapter.remove_layers(range(self.params["keep"], ctx.adapter.num_layers))
+        return PruneRecord()
+'''
+
+
+@pytest.fixture
+def installed_plugin(tmp_path, monkeypatch):
+    """A distribution on sys.path whose entry point offers ``keep_first``, as ``pip install`` would leave it."""
+    (tmp_path / "kdp_keep_first.py").write_text(textwrap.dedent(PLUGIN))
+    info = tmp_path / "kdp_keep_first-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kdp-keep-first\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{registry.ENTRY_POINT_GROUP}]\nkeep_first = kdp_keep_first:KeepFirst\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry._entry_points.cache_clear()
+    yield tmp_path
+    registry._entry_points.cache_clear()
+
+
+def test_an_installed_package_adds_a_method_through_its_entry_point(installed_plugin):
+    assert "keep_first" in registry.method_names()
+    assert "kdp_keep_first" not in sys.modules  # listed from the metadata alone
+    config = {"target_ratio": 0.25, "models": {"m": {}},
+              "variants": {"first_two": {"method": "keep_first", "label": "First two", "keep": 2}}}
+    spec, params = resolve_params(config, "first_two", "m")
+    assert spec.implementation == "kdp_keep_first:KeepFirst" and params == {"keep": 2}
+    assert spec.load().name == "keep_first"
+
+    done = _python("import sys; from kdp.cli import main; sys.exit(main())", "methods",
+                   pythonpath=os.pathsep.join([str(REPO), str(installed_plugin)]))
+    assert done.returncode == 0, done.stderr
+    assert "keep_first\tthe model only\tkdp_keep_first:KeepFirst" in done.stdout.splitlines()
