@@ -77,8 +77,9 @@ def norm_profile(hidden) -> list[dict]:
     return rows
 
 
-def ranked_blocks(hidden, config: dict, count: int) -> list[dict]:
-    """The ``count`` best candidate blocks by gated CKA, with their literal CKA."""
+def ranked_blocks(hidden, config: dict, count: int, named: list[str] | None = None) -> list[dict]:
+    """The ``count`` best candidate blocks by gated CKA, with their literal CKA; or the ``named`` ones
+    ("FIRST-LAST"), in that order."""
     similarity, selection = config["similarity"], config["selection"]
     candidates = candidate_blocks(hidden.num_layers, selection["k_max"], selection["edge_fraction"])
     needed = sorted({b.first for b in candidates} | {b.last + 1 for b in candidates})
@@ -90,6 +91,12 @@ def ranked_blocks(hidden, config: dict, count: int) -> list[dict]:
         cka[mode] = {b: linear_cka(tokens[b.first], tokens[b.last + 1]) for b in candidates}
     scored = [{"block": b, "cka": cka["pass_through"][b], "literal_cka": cka["literal"][b]} for b in candidates]
     scored.sort(key=lambda row: (-row["cka"], row["block"].first))
+    if named:
+        by_name = {f"{row['block'].first}-{row['block'].last}": row for row in scored}
+        unknown = [name for name in named if name not in by_name]
+        if unknown:
+            raise SystemExit(f"--named-blocks {unknown} are not candidate blocks; allowed: {sorted(by_name)}")
+        return [by_name[name] for name in named]
     return scored[:count]
 
 
@@ -176,7 +183,7 @@ def evaluate_model(config: dict, model: str, args) -> dict:
     with torch.no_grad():
         dense = validation_perplexity(network, held_set, batch_size=8)
     blocks = []
-    for ranked in ranked_blocks(train_hidden, config, args.blocks):
+    for ranked in ranked_blocks(train_hidden, config, args.blocks, args.named_blocks):
         print(f"{model} block {ranked['block']} (gated CKA {ranked['cka']:.4f}, literal {ranked['literal_cka']:.5f})",
               flush=True)
         blocks.append(evaluate_block(config, model, args, ranked, train_hidden, held_hidden, network, held_set))
@@ -207,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "config" / "config.yaml")
     parser.add_argument("--models", nargs="+")
     parser.add_argument("--blocks", type=int, default=3, help="how many of the best CKA blocks to fit")
+    parser.add_argument("--named-blocks", nargs="+", metavar="FIRST-LAST",
+                        help="fit these candidate blocks instead of the --blocks best (e.g. 14-15)")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--train-samples", type=int, nargs="+", default=[128, 512, 1024])
     parser.add_argument("--settings-samples", type=int, default=512,
