@@ -3,7 +3,9 @@ folds of the Table 3 ablations (least squares in the original space).
 
 Each is called like a decoder layer, ``module(hidden_states, *args, **kwargs)``, acts on every token on its own
 (no attention, so masks, position embeddings and the KV cache are ignored) and returns a tensor of the input's
-shape, dtype and device. Each can be rebuilt empty from ``fold_config()`` (JSON-able) and then filled by
+shape, dtype and device. A token whose norm exceeds the fold's ``pass_through_norm`` (a massive-activation token,
+see kdp/outliers.py; inf when the gate is off) is handed on unchanged: the fit never saw such tokens, and the
+dense block barely changes them. Each can be rebuilt empty from ``fold_config()`` (JSON-able) and then filled by
 ``load_state_dict``, so a saved model directory holds everything needed.
 """
 
@@ -16,6 +18,7 @@ from torch import nn
 
 from kdp.errors import bad_value
 from kdp.kernel import LearnableRFF
+from kdp.outliers import ordinary
 
 ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU}
 
@@ -44,11 +47,24 @@ class InverseNetwork(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-class FoldedBlock(nn.Module):
+class _OutlierPassThrough(nn.Module):
+    """Keeps ``pass_through_norm`` as a buffer (saved with the fold) and hands outlier tokens on unchanged."""
+
+    def __init__(self, pass_through_norm: float):
+        super().__init__()
+        self.register_buffer("pass_through_norm", torch.tensor(float(pass_through_norm)))
+
+    def gated(self, hidden_states: torch.Tensor, replaced: torch.Tensor) -> torch.Tensor:
+        keep = ordinary(hidden_states, self.pass_through_norm.item())
+        return torch.where(keep[..., None], replaced, hidden_states)
+
+
+class FoldedBlock(_OutlierPassThrough):
     """S(h) = I(P phi(h)) with P = A_k ... A_1 stored as one (2m x 2m) buffer (Appendix I: only the product is kept)."""
 
-    def __init__(self, kernel: LearnableRFF, transition: torch.Tensor, inverse: InverseNetwork):
-        super().__init__()
+    def __init__(self, kernel: LearnableRFF, transition: torch.Tensor, inverse: InverseNetwork,
+                 pass_through_norm: float = math.inf):
+        super().__init__(pass_through_norm)
         if transition.shape != (kernel.feature_dim, kernel.feature_dim):
             raise bad_value(
                 "fold transition shape", tuple(transition.shape), f"({kernel.feature_dim}, {kernel.feature_dim})"
@@ -62,7 +78,7 @@ class FoldedBlock(nn.Module):
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         compute_dtype = self.transition.dtype
         features = self.kernel(hidden_states.to(compute_dtype))
-        return self.inverse(features @ self.transition.T).to(hidden_states.dtype)
+        return self.gated(hidden_states, self.inverse(features @ self.transition.T).to(hidden_states.dtype))
 
     def fold_config(self) -> dict:
         mlp_in, mlp_out = self.inverse.mlp[0], self.inverse.mlp[2]
@@ -77,7 +93,7 @@ class FoldedBlock(nn.Module):
     @classmethod
     def from_config(cls, config: dict) -> "FoldedBlock":
         """An untrained fold of the right shapes, to be filled by ``load_state_dict``."""
-        kernel = LearnableRFF(config["hidden_size"], config["rff_dim"], config["rank"])
+        kernel = LearnableRFF(config["hidden_size"], config["rff_dim"], config["rank"], sigma=config["sigma"])
         inverse = InverseNetwork(
             config["rff_dim"], config["inverse_hidden"], config["output_size"], config["inverse_activation"]
         )
@@ -87,7 +103,7 @@ class FoldedBlock(nn.Module):
         """Counts per component. ``appendix_i`` is what the paper's Appendix I formula counts at inference:
         lambda and L (d(1 + r)), the product matrix ((2m)^2) and the inverse network; ``fixed_random`` are the
         Z, V, b buffers, which the formula leaves out but the fold needs (they can be regenerated from the seed);
-        ``normalization`` is the input shift and scale."""
+        ``normalization`` is the input shift and scale and the outlier gate's norm threshold."""
         kernel_params = sum(p.numel() for p in self.kernel.parameters())
         counts = {
             "kernel": kernel_params,
@@ -96,25 +112,25 @@ class FoldedBlock(nn.Module):
             "fixed_random": sum(
                 b.numel() for b in (self.kernel.base_frequencies, self.kernel.low_rank_base, self.kernel.phase)
             ),
-            "normalization": self.kernel.input_shift.numel() + self.kernel.input_scale.numel(),
+            "normalization": self.kernel.input_shift.numel() + self.kernel.input_scale.numel() + 1,
         }
         counts["appendix_i"] = counts["kernel"] + counts["transition"] + counts["inverse"]
         counts["stored"] = counts["appendix_i"] + counts["fixed_random"] + counts["normalization"]
         return counts
 
 
-class LinearFold(nn.Module):
+class LinearFold(_OutlierPassThrough):
     """h -> W h + c: the original-space replacement of the Direct / Sequential OLS ablations (Table 3)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
-        super().__init__()
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, pass_through_norm: float = math.inf):
+        super().__init__(pass_through_norm)
         # Frozen parameters, not buffers, so that model parameter counts (the pruning ratio) include the fold.
         self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         x = hidden_states.to(self.weight.dtype)
-        return (x @ self.weight.T + self.bias).to(hidden_states.dtype)
+        return self.gated(hidden_states, (x @ self.weight.T + self.bias).to(hidden_states.dtype))
 
     def fold_config(self) -> dict:
         return {"kind": "linear", "hidden_size": self.weight.shape[1], "output_size": self.weight.shape[0]}
@@ -124,7 +140,7 @@ class LinearFold(nn.Module):
         return cls(torch.zeros(config["output_size"], config["hidden_size"]), torch.zeros(config["output_size"]))
 
     def parameter_count(self) -> dict[str, int]:
-        return {"stored": self.weight.numel() + self.bias.numel()}
+        return {"stored": self.weight.numel() + self.bias.numel() + 1}  # + the gate's norm threshold
 
 
 def fold_from_config(config: dict) -> FoldedBlock | LinearFold:

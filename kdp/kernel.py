@@ -12,6 +12,9 @@ exp(-1/2 (x - y)^T Sigma^-1 (x - y)), which would need frequencies drawn from N(
 that Appendix B fixes (Omega = D^(1/2) Z + L V) it is Sigma itself. `kernel_exact` returns what the features
 actually converge to, and tests/test_kernel.py shows the paper's form is not it. (The phase b cancels in the
 cos/sin pair; it is kept because the paper defines it and it sets which phases each feature starts from.)
+The two readings are the key ``sigma``: "precision" (default) samples as Appendix B does; "covariance" draws the
+frequencies from N(0, Sigma^-1), Omega = C^-T Z with Sigma = C C^T (V unused), so that the kernel is Section 2.1's
+exp(-1/2 (u - v)^T Sigma^-1 (u - v)).
 
 Input scale. Residual streams have norms of hundreds to tens of thousands and a few outlier dimensions whose spread
 is 100-1000x the median (SmolLM2-135M, LLaMA: "massive activations" on the first tokens). Fed raw, the phases
@@ -39,6 +42,7 @@ from torch import nn
 from kdp.errors import bad_value
 
 NORMALIZATIONS = ("standardize", "scalar", "none")
+SIGMA_ROLES = ("precision", "covariance")
 
 # A dimension whose spread is below this fraction of the median spread is treated as constant, not blown up.
 _MIN_RELATIVE_STD = 1e-2
@@ -47,12 +51,16 @@ _MIN_RELATIVE_STD = 1e-2
 class LearnableRFF(nn.Module):
     """phi: R^d -> R^(2m) with learnable spectrum Sigma = diag(exp(lambda)) + L L^T in normalised coordinates."""
 
-    def __init__(self, hidden_size: int, rff_dim: int = 1024, rank: int = 16, *, seed: int = 0):
+    def __init__(self, hidden_size: int, rff_dim: int = 1024, rank: int = 16, *, seed: int = 0,
+                 sigma: str = "precision"):
         super().__init__()
         if rff_dim < 2 or rff_dim % 2:
             raise bad_value("rff_dim", rff_dim, "an even number >= 2 (cos and sin halves)")
         if rank < 0:
             raise bad_value("rank", rank, "an integer >= 0")
+        if sigma not in SIGMA_ROLES:
+            raise bad_value("sigma", sigma, SIGMA_ROLES)
+        self.sigma = sigma
         num_frequencies = rff_dim // 2
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("base_frequencies", torch.randn(hidden_size, num_frequencies, generator=generator))
@@ -87,7 +95,10 @@ class LearnableRFF(nn.Module):
         return (x - self.input_shift) / self.input_scale
 
     def frequencies(self) -> torch.Tensor:
-        """Omega = D^(1/2) Z + L V, shape (d, m)."""
+        """Omega, shape (d, m): D^(1/2) Z + L V (columns ~ N(0, Sigma)), or C^-T Z (columns ~ N(0, Sigma^-1))."""
+        if self.sigma == "covariance":
+            factor = torch.linalg.cholesky(self.covariance())
+            return torch.linalg.solve_triangular(factor.T, self.base_frequencies, upper=True)
         return torch.exp(0.5 * self.log_diagonal)[:, None] * self.base_frequencies + self.low_rank @ self.low_rank_base
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,16 +106,21 @@ class LearnableRFF(nn.Module):
         return torch.cat([torch.cos(phases), torch.sin(phases)], dim=-1) / math.sqrt(self.phase.shape[0])
 
     def covariance(self) -> torch.Tensor:
-        """Sigma = D + L L^T: the covariance of the frequencies, i.e. the precision of the kernel in u-space."""
+        """Sigma = D + L L^T."""
         return torch.diag(torch.exp(self.log_diagonal)) + self.low_rank @ self.low_rank.T
 
+    def kernel_precision(self) -> torch.Tensor:
+        """The precision of the Gaussian kernel in u-space: Sigma, or Sigma^-1 with ``sigma = "covariance"``."""
+        return torch.linalg.inv(self.covariance()) if self.sigma == "covariance" else self.covariance()
+
     def kernel_exact(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """exp(-1/2 (u - v)^T Sigma (u - v)) for matching rows of x and y: the limit of phi(x) . phi(y) as m grows."""
+        """exp(-1/2 (u - v)^T P (u - v)), P = `kernel_precision`, for matching rows of x and y: the limit of
+        phi(x) . phi(y) as m grows."""
         delta = self.normalize(x) - self.normalize(y)
-        return torch.exp(-0.5 * ((delta @ self.covariance()) * delta).sum(-1))
+        return torch.exp(-0.5 * ((delta @ self.kernel_precision()) * delta).sum(-1))
 
     def config(self) -> dict:
-        return {"hidden_size": self.hidden_size, "rff_dim": self.feature_dim, "rank": self.rank}
+        return {"hidden_size": self.hidden_size, "rff_dim": self.feature_dim, "rank": self.rank, "sigma": self.sigma}
 
 
 def median_squared_distance(tokens: torch.Tensor, seed: int = 0) -> float:

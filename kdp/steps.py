@@ -179,11 +179,14 @@ def similarity(config: dict, model: str, calibration_name: str, base_dir: str, c
     from kdp.similarity import similarity_matrices
 
     hidden = open_hidden(config, model, calibration_name, calibration_path, hidden_dir)
-    matrices = similarity_matrices(hidden, config["similarity"]["max_tokens"], config["seed"])
+    settings = config["similarity"]
+    matrices = similarity_matrices(hidden, settings["max_tokens"], config["seed"], settings["outlier_tokens"],
+                                   settings["outlier_norm_ratio"])
     counts = parameter_counts(config, base_dir)
     with atomic_path(out_npz) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, cosine=matrices["cosine"], cka=matrices["cka"], tokens=matrices["tokens"],
+                     outliers_left_out=matrices["outliers_left_out"],
                      layer_parameters=np.array(counts["layers"]), total_parameters=np.array(counts["total"]))
     rows = ["state_i,state_j,cosine,cka"]
     size = matrices["cka"].shape[0]
@@ -234,11 +237,20 @@ def select_blocks(config: dict, model: str, variant: str, similarity_npz: str, o
         "variant": variant,
         "selection": selection if not manual else {**selection, "manual": True},
         "blocks": [{"first": b.first, "last": b.last, "cka": scores[b]} for b in blocks],
+        "candidates": _spread(list(scores.values())),
+        "outliers_left_out": int(data["outliers_left_out"]),
         "removed_parameters": removed,
         "total_parameters": total,
         "ratio_if_removed": removed / total,
         "provenance": provenance(config, config["seed"]),
     })
+
+
+def _spread(scores: list[float]) -> dict:
+    """How far apart the candidates' CKA scores lie: a ranking of near-equal scores means little."""
+    values = np.sort(np.asarray(scores))
+    return {"count": len(values), "min": float(values[0]), "median": float(np.median(values)),
+            "max": float(values[-1])}
 
 
 def _selection_key(config: dict, model: str, variant: str, key: str) -> str:

@@ -90,7 +90,7 @@ def test_parameter_count_follows_appendix_i():
     appendix_i = D * (1 + rank) + two_m**2 + (1 + hidden * (two_m + D + 1) + D)
     assert counts["appendix_i"] == appendix_i
     assert counts["fixed_random"] == D * two_m // 2 + rank * two_m // 2 + two_m // 2
-    assert counts["stored"] == appendix_i + counts["fixed_random"] + 2 * D
+    assert counts["stored"] == appendix_i + counts["fixed_random"] + 2 * D + 1  # shift, scale, gate threshold
     assert counts["stored"] == sum(t.numel() for t in _trained_looking_fold(rank, hidden).state_dict().values())
 
 

@@ -14,8 +14,8 @@ from kdp.kernel import LearnableRFF, median_squared_distance, normalization_from
 D, RANK = 6, 2
 
 
-def _anisotropic_kernel(rff_dim: int, seed: int) -> LearnableRFF:
-    kernel = LearnableRFF(D, rff_dim, RANK, seed=seed)
+def _anisotropic_kernel(rff_dim: int, seed: int, sigma: str = "precision") -> LearnableRFF:
+    kernel = LearnableRFF(D, rff_dim, RANK, seed=seed, sigma=sigma)
     spectrum = torch.Generator().manual_seed(123)  # the same Sigma for every m
     with torch.no_grad():
         kernel.log_diagonal.copy_(0.8 * torch.randn(D, generator=spectrum))
@@ -36,11 +36,11 @@ def _exact(kernel: LearnableRFF, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
 
 
 @cache
-def _mean_error(rff_dim: int, reference) -> float:
+def _mean_error(rff_dim: int, reference, sigma: str = "precision") -> float:
     x, y = _pairs()
     errors = []
     for seed in range(4):
-        kernel = _anisotropic_kernel(rff_dim, seed).double()
+        kernel = _anisotropic_kernel(rff_dim, seed, sigma).double()
         with torch.no_grad():
             approx = (kernel(x.double()) * kernel(y.double())).sum(-1)
             errors.append((approx - reference(kernel, x.double(), y.double())).abs().mean().item())
@@ -67,6 +67,13 @@ def test_features_converge_to_the_anisotropic_gaussian_kernel_at_the_monte_carlo
 def test_sigma_is_the_kernel_precision_not_its_covariance_as_section_2_1_writes():
     # With Omega = D^(1/2) Z + L V (Appendix B) the features converge to exp(-1/2 d^T Sigma d), not Sigma^-1.
     assert _mean_error(32768, _paper_form) > 10 * _mean_error(32768, _exact)
+
+
+def test_covariance_reading_draws_frequencies_from_sigma_inverse_and_converges_to_the_papers_form():
+    # sigma = "covariance": Omega = C^-T Z with Sigma = C C^T, so phi . phi -> exp(-1/2 d^T Sigma^-1 d) (Section 2.1).
+    assert _mean_error(32768, _paper_form, "covariance") < 0.01
+    assert _mean_error(32768, _exact, "covariance") < 0.01  # kernel_exact follows the reading
+    assert _mean_error(32768, _exact, "precision") * 10 < _mean_error(32768, _paper_form, "precision")
 
 
 def test_covariance_is_diagonal_plus_low_rank():

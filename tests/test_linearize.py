@@ -116,17 +116,32 @@ def test_ols_operator_equals_lstsq_on_kernel_features():
     assert (ridged - expected).abs().max() > 1e-2
 
 
-def test_epoch_reinitialisation_sets_each_operator_to_ols_in_the_current_kernel_space():
-    data = residual_dynamics(n=48)
-    config = small_config(kernel_lr=0.0, kernel_ols_ridge=0.0, kernel_max_epochs=2, gamma_init=0.5)
-    kernel, operators, _ = fit_kernel_linearization(data, config)
+def _assert_operators_are_ols_on_the_training_set(kernel, operators, data, config) -> None:
     train, _ = data.split(config.held_out_fraction, config.seed)
     with torch.no_grad():
-        features = [torch.cat([kernel(b.states[i]) for b in train.batches(100)]).double() for i in range(3)]
+        features = [torch.cat([kernel(b.states[i].double()) for b in train.batches(100)]) for i in range(3)]
     for step in range(2):
         expected = torch.linalg.lstsq(features[step], features[step + 1]).solution.T
         torch.testing.assert_close(operators.matrix(step).double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_epoch_reinitialisation_sets_each_operator_to_ols_in_the_current_kernel_space():
+    data = residual_dynamics(n=48)
+    config = small_config(kernel_lr=0.0, kernel_ols_ridge=0.0, kernel_max_epochs=2, gamma_init=0.5, dtype="float64",
+                          ols_reinit="epoch")
+    kernel, operators, _ = fit_kernel_linearization(data, config)
+    _assert_operators_are_ols_on_the_training_set(kernel, operators, data, config)
     assert operators.gamma.tolist() == [0.5, 0.5]
+
+
+def test_batch_reinitialisation_trains_the_spectrum_and_keeps_whole_set_ols_operators():
+    data = residual_dynamics(n=48)
+    config = small_config(kernel_ols_ridge=0.0, kernel_max_epochs=3, dtype="float64", ols_reinit="batch")
+    kernel, operators, record = fit_kernel_linearization(data, config)
+    assert record["best_epoch"] > 0  # the spectrum learned something the OLS start did not have
+    assert kernel.log_diagonal.abs().max() > 0
+    _assert_operators_are_ols_on_the_training_set(kernel, operators, data, config)
+    assert not operators.update.requires_grad  # re-solved before every step, never stepped by Adam
 
 
 def test_operators_product_runs_from_the_first_step():
@@ -148,11 +163,16 @@ def test_position_weights_favour_later_tokens_and_average_one():
 
 
 def test_convergence_rule_stops_on_plateau_on_lr_floor_and_at_the_cap():
-    stop = ConvergenceStop(KDPConfig(kernel_stop_patience=2, kernel_stop_tol=0.01, kernel_max_epochs=100))
+    stop = ConvergenceStop(KDPConfig(kernel_stop_patience=2, kernel_stop_tol=0.01, kernel_max_epochs=100), 2.0)
     reasons = [stop.reason(epoch, loss, 1e-2) for epoch, loss in enumerate([1.0, 0.5, 0.499, 0.498])]
     assert reasons == [None, None, None, "no_improvement"]
-    assert ConvergenceStop(KDPConfig(kernel_min_lr=1e-3)).reason(0, 1.0, 5e-4) == "min_lr"
-    assert ConvergenceStop(KDPConfig(kernel_max_epochs=1)).reason(0, 1.0, 1e-2) == "max_epochs"
+    assert ConvergenceStop(KDPConfig(kernel_min_lr=1e-3), 2.0).reason(0, 1.0, 5e-4) == "min_lr"
+    assert ConvergenceStop(KDPConfig(kernel_max_epochs=1), 2.0).reason(0, 1.0, 1e-2) == "max_epochs"
+
+
+def test_convergence_rule_counts_epochs_that_never_beat_the_ols_start():
+    stop = ConvergenceStop(KDPConfig(kernel_stop_patience=2, kernel_stop_tol=0.01, kernel_max_epochs=100), 0.4)
+    assert [stop.reason(epoch, loss, 1e-2) for epoch, loss in enumerate([0.5, 0.45])] == [None, "no_improvement"]
 
 
 def test_barely_trained_runs_do_exactly_the_requested_epochs():
@@ -188,7 +208,7 @@ def test_direct_ols_recovers_an_affine_block_and_sequential_ols_composes_the_ste
         states.append(states[-1] @ weight.T + bias)
     data = BlockData(states, torch.ones(20, 6, dtype=torch.bool))
     composed = maps[1][0] @ maps[0][0]
-    for fold in (fit_direct_ols(data), fit_sequential_ols(data)):
+    for fold, _ in (fit_direct_ols(data), fit_sequential_ols(data)):
         torch.testing.assert_close(fold.weight, composed, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(fold(h0), states[-1], atol=1e-3, rtol=1e-3)
 
@@ -203,10 +223,12 @@ def _synthetic_fit():
     return data, fold, record
 
 
-def test_inverse_network_record_matches_the_returned_network():
+def test_inverse_network_record_matches_the_returned_network_of_its_best_held_out_epoch():
     data, fold, record = _synthetic_fit()
     _, held_out = data.split(0.25, 0)
-    final = record["step2"]["epochs"][-1]
+    epochs = record["step2"]["epochs"]
+    final = epochs[record["step2"]["best_epoch"]]
+    assert final["loss"] == min(entry["loss"] for entry in epochs)
     metrics = reconstruction_metrics(fold, held_out)
     assert metrics["cosine"] == pytest.approx(final["cosine"], abs=1e-5)
     assert metrics["mse"] == pytest.approx(final["mse"], rel=1e-4)
@@ -216,8 +238,8 @@ def test_kdp_beats_layer_removal_original_space_ols_and_its_own_untrained_parts(
     data, fold, record = _synthetic_fit()
     train, held_out = data.split(0.25, 0)
     kdp = reconstruction_metrics(fold, held_out)
-    direct = reconstruction_metrics(fit_direct_ols(train), held_out)
-    sequential = reconstruction_metrics(fit_sequential_ols(train), held_out)
+    direct = reconstruction_metrics(fit_direct_ols(train)[0], held_out)
+    sequential = reconstruction_metrics(fit_sequential_ols(train)[0], held_out)
     untrained_kernel = LearnableRFF(D, 128, 4, seed=1)
     untrained_kernel.load_state_dict(
         {
@@ -250,6 +272,10 @@ def test_step1_record_has_the_figure_3_and_5_quantities():
     assert all("train_loss" in entry and entry["wall_s"] > 0 for entry in epochs[1:])
     assert record["step1"]["best_epoch"] in [entry["epoch"] for entry in epochs]
     assert record["step1"]["wall_s"] > 0
+    step1 = record["step1"]
+    assert step1["start"] == "ols" and step1["start_loss"] == epochs[0]["loss"]
+    assert step1["best_loss"] == min(entry["loss"] for entry in epochs) == epochs[step1["best_epoch"]]["loss"]
+    assert step1["gain_over_start"] == pytest.approx(1 - step1["best_loss"] / step1["start_loss"])
 
 
 def test_inverse_network_alone_trains_on_a_given_kernel():
@@ -266,3 +292,18 @@ def test_float64_fit_gives_a_float64_fold_that_returns_the_callers_dtype():
     fold, _ = fit_kdp(residual_dynamics(n=24), small_config(kernel_max_epochs=1, inverse_epochs=1, dtype="float64"))
     assert fold.transition.dtype == torch.float64
     assert fold(torch.zeros(3, D)).dtype == torch.float32
+
+
+def test_step2_token_cache_serves_exactly_the_streamed_batches():
+    from kdp.linearize import _FrozenKernelTokens
+
+    data = residual_dynamics(n=30).gated(3.5)  # a gate that leaves some tokens out
+    train, _ = data.split(0.25, 0)
+    config = small_config(eval_batch_samples=7)
+    cache = _FrozenKernelTokens(train, lambda h: 2 * h, lambda h: h - 1, config)
+    cached = list(cache.batches(4, shuffle_seed=5))
+    streamed = list(train.batches(4, shuffle=True, seed=5))
+    assert len(cached) == len(streamed)
+    for (inputs, targets), batch in zip(cached, streamed):
+        torch.testing.assert_close(inputs, 2 * batch.states[0])
+        torch.testing.assert_close(targets, batch.states[-1] - 1)

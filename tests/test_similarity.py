@@ -57,9 +57,10 @@ def test_mean_token_cosine():
 
 
 def test_token_subsample_is_seeded_and_bounded():
-    mask = np.ones((10, 20), dtype=bool)
-    picks = token_subsample(mask, 50, seed=1)
+    candidates = np.arange(200)
+    picks = token_subsample(candidates, 50, seed=1)
     assert len(picks) == 50 and len(set(picks)) == 50 and picks.max() < 200
-    assert np.array_equal(picks, token_subsample(mask, 50, seed=1))
-    assert not np.array_equal(picks, token_subsample(mask, 50, seed=2))
-    assert len(token_subsample(mask, 500, seed=1)) == 200
+    assert np.array_equal(picks, token_subsample(candidates, 50, seed=1))
+    assert not np.array_equal(picks, token_subsample(candidates, 50, seed=2))
+    assert len(token_subsample(candidates, 500, seed=1)) == 200
+    assert set(token_subsample(np.arange(0, 200, 2), 50, seed=1)) <= set(range(0, 200, 2))

@@ -215,7 +215,8 @@ def test_table5_blocks_from_the_block_choice_and_ratio_from_the_record(embedded)
     assert sorted(files) == ["blocks", "records"]  # no evaluations
     assert files["blocks"] == [f"results/blocks/{MODEL}/kdp.json"]  # kdp_peft reuses kdp's blocks
     choice = {"model": MODEL, "variant": "kdp", "blocks": [{"first": 6, "last": 7, "cka": 0.9},
-                                                           {"first": 10, "last": 11, "cka": 0.8}]}
+                                                           {"first": 10, "last": 11, "cka": 0.8}],
+              "candidates": {"count": 24, "min": 0.5, "median": 0.7, "max": 0.9}}
     records = [record("kdp", ratio=0.228), record("kdp_peft", ratio=0.229), record("shortgpt", "shortgpt", 0.25,
                                                                                    removed=[20, 21])]
     csv_text, tex = table_kinds.render(config, "table99", {"records": records, "blocks": [choice]})
@@ -224,6 +225,8 @@ def test_table5_blocks_from_the_block_choice_and_ratio_from_the_record(embedded)
     kdp = table[table["variant"] == "kdp"]
     assert kdp[["first", "last"]].values.tolist() == [[6, 7], [10, 11]]
     assert kdp["cka"].tolist() == [0.9, 0.8] and kdp["ratio"].iloc[0] == 0.228
+    assert kdp[["candidates", "candidate_cka_min", "candidate_cka_median", "candidate_cka_max"]].values.tolist() == [
+        [24, 0.5, 0.7, 0.9]] * 2
     assert table[table["variant"] == "shortgpt"][["first", "last"]].values.tolist() == [[20, 20], [21, 21]]
     assert "22.8\\%" in tex and "[6,7], [10,11]" in tex
 
@@ -287,7 +290,7 @@ def test_analytic_counts_of_a_loaded_model_follow_kdp_flops(build):
     assert model_spec_of(network).parameters == adapter_for(network).parameter_count()
     adapter = adapter_for(network)
     adapter.remove_layers([4])
-    fold = FoldedBlock.from_config({"hidden_size": 64, "rff_dim": 32, "rank": 4, "inverse_hidden": 24,
+    fold = FoldedBlock.from_config({"hidden_size": 64, "rff_dim": 32, "rank": 4, "sigma": "precision", "inverse_hidden": 24,
                                     "inverse_activation": "gelu", "output_size": 64})
     adapter.replace_span(1, 2, fold)
     expected = flops.variant_spec(dense_config, removed_layers=[4],
@@ -309,7 +312,7 @@ def test_a_saved_kdp_variant_reloads_with_its_fold_counted_as_a_fold(tmp_path):
 
     network = micro_llama(layers=4)
     dense_config = copy.deepcopy(network.config)
-    fold = {"kind": "kdp", "hidden_size": 64, "rff_dim": 32, "rank": 4, "inverse_hidden": 24,
+    fold = {"kind": "kdp", "hidden_size": 64, "rff_dim": 32, "rank": 4, "sigma": "precision", "inverse_hidden": 24,
             "inverse_activation": "gelu", "output_size": 64}
     apply_edit(adapter_for(network), {"factory": "kdp.methods.kdp:install_fold", "first": 1, "last": 2, "fold": fold})
     kdp_models.save_variant(network, tiny_tokenizer(), tmp_path / "kdp", record("kdp"))

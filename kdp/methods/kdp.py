@@ -54,7 +54,8 @@ class KDP(PruningMethod):
             _save_kernel_space_sample(fold, held_out, out_dir / KERNEL_SAMPLE)
         else:
             fit = fit_direct_ols if kind == "direct_ols" else fit_sequential_ols
-            fold, record = fit(train, config), {"config": config.to_dict()}
+            fold, record = fit(train, config)
+            record["config"] = config.to_dict()
         save_file({k: v.contiguous() for k, v in fold.state_dict().items()}, str(out_dir / FOLD_WEIGHTS))
         write_json(out_dir / FOLD_CONFIG, fold.fold_config())
         record["held_out"] = reconstruction_metrics(fold, held_out, device=ctx.device)

@@ -1,7 +1,9 @@
 """Table 5: the blocks each model's variant pruned, and the pruning ratio it reached.
 
 Blocks come from the variant's block choice (``results/blocks``; CKA of each block's input and output states) when
-its method selects blocks, else from the variant record's removed layers; the ratio always from the record.
+its method selects blocks, else from the variant record's removed layers; the ratio always from the record. The CSV
+also gives the spread (min, median, max) of the CKA over all candidate blocks, so a reader sees whether the ranking
+separates blocks at all.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ def inputs(config: dict, spec: dict) -> dict[str, list[str]]:
             "blocks": [f"results/blocks/{m}/{v}.json" for m, v in sorted(blocks)]}
 
 
+def _candidates(config: dict, record: dict, choices: dict) -> dict:
+    source = block_source(config, record["model"], record["variant"])
+    return choices[(record["model"], source)]["candidates"] if source is not None else {}
+
+
 def _blocks(config: dict, record: dict, choices: dict) -> list[dict]:
     source = block_source(config, record["model"], record["variant"])
     if source is not None:
@@ -47,15 +54,19 @@ def render(config: dict, name: str, documents: dict[str, list[dict]]) -> tuple[s
         for variant in spec["variants"]:
             record = records[(model, variant)]
             blocks = _blocks(config, record, choices)
+            spread = _candidates(config, record, choices)
             for index, block in enumerate(blocks, 1):
                 rows.append({"model": model, "variant": variant, "label": variant_label(config, variant),
                              "ratio": record["ratio"], "block": index, "first": block["first"],
                              "last": block["last"], "layers": block["last"] - block["first"] + 1,
-                             "cka": block.get("cka")})
+                             "cka": block.get("cka"), "candidates": spread.get("count"),
+                             "candidate_cka_min": spread.get("min"), "candidate_cka_median": spread.get("median"),
+                             "candidate_cka_max": spread.get("max")})
             printed = ", ".join(f"[{b['first']},{b['last']}]" for b in blocks)
             body.append((model, [model_config_label(config, model), variant_label(config, variant),
                                  f"{100 * record['ratio']:.1f}%", printed]))
-    fields = ["model", "variant", "label", "ratio", "block", "first", "last", "layers", "cka"]
+    fields = ["model", "variant", "label", "ratio", "block", "first", "last", "layers", "cka", "candidates",
+              "candidate_cka_min", "candidate_cka_median", "candidate_cka_max"]
     tex = latex_table(config, name, FORMULA, ["LLM", "Method", "Pruning Ratio", "Pruned Layers"],
                       grouped(body, spec["models"]))
     return header(config, name, FORMULA) + csv_text(fields, rows), tex
