@@ -67,7 +67,7 @@ def pruned_llama(tokenizer) -> LlamaForCausalLM:
     network = micro_llama(tokenizer, layers=5)
     adapter = adapter_for(network)
     adapter.remove_layers([0])
-    fold = {"kind": "kdp", "hidden_size": 32, "rff_dim": 16, "rank": 4, "inverse_hidden": 16,
+    fold = {"kind": "kdp", "hidden_size": 32, "rff_dim": 16, "rank": 4, "sigma": "precision", "inverse_hidden": 16,
             "inverse_activation": "gelu", "output_size": 32}
     apply_edit(adapter, {"factory": "kdp.methods.kdp:install_fold", "first": 1, "last": 2, "fold": fold})
     torch.manual_seed(1)
