@@ -15,7 +15,7 @@ For each model of config/config.yaml:
 4. on held-out KJV validation passages: per-token cosine of h_{last+1} and the token perplexity of the model with
    the block replaced, Step 1's best epoch and held-out Eq. 5 gain over its OLS start, and Step 2's steps.
 
-Nothing is tuned here; the rows are reported whichever way they go (README, "KDP under massive activations").
+Nothing is tuned here; the rows are reported whichever way they go (docs/kdp.md, "Sensitivity").
 """
 
 from __future__ import annotations

@@ -182,6 +182,7 @@ def run_config(key: str, layers: int, samples: int, tokens: int, root: Path, var
     from kdp.flops import load_model_config, model_spec
     from kdp.io import read_json
     from kdp.registry import load_methods
+    from kdp.selection import read_blocks
     from tests.test_artifacts import char_tokenizer, fresh_env
 
     missing = sorted(set(load_methods()) - {v["method"] for v in VARIANTS.values()})
@@ -208,7 +209,7 @@ def run_config(key: str, layers: int, samples: int, tokens: int, root: Path, var
                      str(root / "sim.csv"))
     for variant in ("kdp", "wo_kernel"):
         steps.select_blocks(config, key, variant, str(root / "sim.npz"), str(root / f"blocks_{variant}.json"))
-    blocks = steps.read_blocks(str(root / "blocks_kdp.json"))
+    blocks = read_blocks(str(root / "blocks_kdp.json"))
     stage("similarity, block selection")
     fits = [str(root / "fits" / block.tag) for block in blocks]
     for block, fit in zip(blocks, fits):

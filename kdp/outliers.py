@@ -1,5 +1,5 @@
-"""Massive-activation tokens: which tokens a fit, a statistic or a similarity leaves out (see README, "KDP under
-massive activations").
+"""Massive-activation tokens: which tokens a fit, a statistic or a similarity leaves out
+(docs/kdp.md, "Massive activations").
 
 The first token of every sequence of SmolLM2 and of LLaMA-2/3 is an attention sink whose residual-stream norm is
 about 100x that of every other token, concentrated in one or two dimensions (Sun et al., 2024, "Massive

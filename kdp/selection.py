@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kdp.errors import UserError
+from kdp.io import read_json
 
 
 @dataclass(frozen=True, order=True)
@@ -113,3 +114,8 @@ def validate_manual_blocks(blocks: Sequence[Sequence[int]], num_layers: int, whe
                             "allowed: non-overlapping blocks")
         parsed.append(block)
     return sorted(parsed)
+
+
+def read_blocks(path: str) -> list[Block]:
+    """The blocks a `select_blocks` job chose, from its JSON (light: the workflow reads it while planning)."""
+    return [Block(b["first"], b["last"]) for b in read_json(path)["blocks"]]

@@ -22,6 +22,7 @@ from kdp.adapters import adapter_for
 from kdp.errors import UserError
 from kdp.io import atomic_path, read_json, verify_folder_manifest, write_folder_manifest, write_json, write_text
 from kdp.provenance import provenance
+from kdp.selection import read_blocks
 
 log = logging.getLogger("kdp")
 
@@ -263,12 +264,6 @@ def _selection_key(config: dict, model: str, variant: str, key: str) -> str:
         if key in values.get("selection", {}):
             return f"config key {name}.{key}"
     return f"config key selection.{key}"
-
-
-def read_blocks(path: str) -> list:
-    from kdp.selection import Block
-
-    return [Block(b["first"], b["last"]) for b in read_json(path)["blocks"]]
 
 
 # -- pruning -------------------------------------------------------------------------------------------------------

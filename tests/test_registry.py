@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -125,3 +126,16 @@ def test_an_installed_package_adds_a_method_through_its_entry_point(installed_pl
                    pythonpath=os.pathsep.join([str(REPO), str(installed_plugin)]))
     assert done.returncode == 0, done.stderr
     assert "keep_first\tthe model only\tkdp_keep_first:KeepFirst" in done.stdout.splitlines()
+
+
+def test_modules_the_workflow_imports_while_planning_import_no_torch():
+    """Snakemake imports these while it parses the rules and calls their input functions: planning the DAG
+    (`snakemake -n`) must not pay for torch."""
+    imported = set()
+    for rules in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        imported |= set(re.findall(r"^\s*from (kdp[\w.]*) import", rules.read_text(), flags=re.M))
+    assert {"kdp.selection", "kdp.table_kinds", "kdp.figures", "kdp.prefetch"} <= imported
+    code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\nprint('torch' in sys.modules)"
+    done = _python(code, *sorted(imported))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "False"

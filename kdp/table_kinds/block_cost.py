@@ -19,7 +19,6 @@ Retention Rate = fold / transformer block x 100, in the same counting for both.
 from __future__ import annotations
 
 from kdp import flops
-from kdp.linearize import KDPConfig
 from kdp.registry import resolve_params
 from kdp.table_kinds.common import csv_text, header, latex_table, model_config_label
 from kdp.tables import fmt
@@ -38,6 +37,8 @@ def inputs(config: dict, spec: dict) -> dict[str, list[str]]:
 
 
 def fold_shape(config: dict, variant: str, model: str, hidden_size: int) -> dict[str, int]:
+    from kdp.linearize import KDPConfig  # imports torch: only the table job needs it, not the workflow's planning
+
     fit = KDPConfig.from_dict(resolve_params(config, variant, model)[1].get("fit", {}))
     return {"d": hidden_size, "rff_dim": fit.rff_dim, "rank": fit.rank,
             "hidden": fit.inverse_hidden or max(1, hidden_size // 2)}

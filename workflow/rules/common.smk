@@ -114,7 +114,7 @@ def fit_inputs(wildcards):
 
 
 def block_fit_dirs(model, variant):
-    from kdp.steps import read_blocks
+    from kdp.selection import read_blocks
 
     blocks_json = checkpoints.select_blocks.get(model=model, variant=variant).output[0]
     return [f"results/kdp/{model}/{variant}/{block.tag}" for block in read_blocks(blocks_json)]
