@@ -108,7 +108,11 @@ class SharedContextLM(HFLM):
         # Right padding needs no mask: a padded position only follows the tokens that are scored.
         full_mask = torch.cat([mask[owner], torch.ones_like(ids)], dim=1)
         starts = torch.tensor([len(contexts[position]) for position, _ in rows], device=self.device)
-        positions = starts.unsqueeze(1) + torch.arange(width, device=self.device)
+        # A padded position repeats its row's last real one: counting on past it could leave the model's position
+        # table (OPT's is exactly max_length long) when a short row shares a chunk with a long one.
+        last = torch.tensor([max(len(tokens) - 1, 0) for tokens in inputs], device=self.device)
+        offsets = torch.minimum(torch.arange(width, device=self.device).unsqueeze(0), last.unsqueeze(1))
+        positions = starts.unsqueeze(1) + offsets
         output = self._forward(input_ids=ids, attention_mask=full_mask, position_ids=positions,
                                past_key_values=cache, use_cache=True)
         return self._log_softmax(output.logits)

@@ -53,10 +53,10 @@ def micro_llama(tokenizer, layers: int = 2) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
-def micro_opt(tokenizer) -> OPTForCausalLM:
+def micro_opt(tokenizer, positions: int = 128) -> OPTForCausalLM:
     torch.manual_seed(0)
     config = OPTConfig(vocab_size=len(tokenizer), hidden_size=32, ffn_dim=64, num_hidden_layers=3,
-                       num_attention_heads=2, word_embed_proj_dim=32, max_position_embeddings=128, dropout=0.0,
+                       num_attention_heads=2, word_embed_proj_dim=32, max_position_embeddings=positions, dropout=0.0,
                        attention_dropout=0.0, init_std=INIT_STD, bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     return OPTForCausalLM(config).eval()
@@ -155,6 +155,12 @@ def test_kjv_accuracy_matches_a_brute_force_recount(result, model, tokenizer, su
     assert result["scores"][name]["items"]["leaves"][f"kdp_{name}"]["score"] == correct
 
 
+def short_context_opt(tokenizer) -> OPTForCausalLM:
+    """OPT with a position table exactly as long as the evaluation's max_length (as OPT-KJV's 128): a padded
+    continuation position past the table would index out of range."""
+    return micro_opt(tokenizer, positions=64)
+
+
 def choice_requests(suite, per_task: int = 8) -> list[SimpleNamespace]:
     """(context, " choice") pairs of the embedded multiple-choice tasks, and each choice with an empty context as
     acc_mutual_info asks for it: contexts of many lengths, continuations of one token and of many."""
@@ -169,7 +175,8 @@ def choice_requests(suite, per_task: int = 8) -> list[SimpleNamespace]:
 
 
 @pytest.mark.parametrize("build, max_length", [(micro_llama, 128), (micro_opt, 128), (pruned_llama, 128),
-                                               (micro_llama, 64)])  # 64: the longest requests take the stock path
+                                               (micro_llama, 64),  # 64: the longest requests take the stock path
+                                               (short_context_opt, 64)])
 def test_shared_context_scorer_gives_stock_hflm_log_likelihoods(tokenizer, suite, build, max_length):
     from lm_eval.models.huggingface import HFLM
 
