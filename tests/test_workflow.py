@@ -55,8 +55,12 @@ def test_bad_config_is_one_clear_line(override, message):
     ("models: {m: {source: 'embedded:bert'}}", "config key models.m.source: embedded model 'bert' is unknown"),
 ])
 def test_bad_config_file_is_one_clear_line(tmp_path, yaml_text, message):
+    # A --configfile replaces the embedded config whole, so the bad file is the embedded one with one bad entry.
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for key, value in yaml.safe_load(yaml_text).items():
+        config[key] = {**config[key], **value}
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml_text + "\n")
+    bad.write_text(yaml.safe_dump(config))
     result = snakemake("-n", f"--configfile={bad}")
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
