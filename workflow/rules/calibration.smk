@@ -2,43 +2,6 @@
 # similarity (Figure 1) from which KDP's blocks are chosen.
 
 
-def calibration_read(wildcards, input):
-    """(largest row group, bytes of all files) the job reads, from the prefetch records; None before they exist."""
-    from pathlib import Path
-
-    from kdp.prefetch import read_bytes
-
-    if not all(Path(record).is_file() for record in input.sources):
-        return None
-    return read_bytes(input.sources)
-
-
-def calibration_tokens(wildcards):
-    spec = config["calibration"][wildcards.calibration]
-    return sum(int(source["samples"]) for source in spec["sources"]) * int(spec["max_length"])
-
-
-# Sized from what the job reads: the largest parquet row group it holds (three copies: arrow, Python rows, texts)
-# and about 64 bytes per token kept (Python lists of ids, then the int64 tensors); about 100 MB of parquet and
-# 5 M tokens a minute. Before the prefetch records exist (a dry run) the sizes are <TBD>.
-def calibration_mem_mb(wildcards, input, attempt):
-    from snakemake.common.tbdstring import TBDString
-
-    read = calibration_read(wildcards, input)
-    if read is None:
-        return TBDString()
-    return attempt * (2000 + int((3 * read[0] + 64 * calibration_tokens(wildcards)) / 2**20))
-
-
-def calibration_runtime(wildcards, input, attempt):
-    from snakemake.common.tbdstring import TBDString
-
-    read = calibration_read(wildcards, input)
-    if read is None:
-        return TBDString()
-    return attempt * (10 + int(read[1] / 100e6 + calibration_tokens(wildcards) / 5e6))
-
-
 rule calibration:
     input:
         base="results/models/{model}/base",

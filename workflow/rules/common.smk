@@ -1,10 +1,20 @@
 # Configuration checks, wildcard constraints and the input functions every rule uses.
+import os
 import sys
 
 from snakemake.utils import validate
 
 from kdp.config import validate as check_config
 from kdp.errors import UserError
+from kdp.figures import FIT_KINDS, figure_inputs, fit_variant
+from kdp.prefetch import (
+    COMMAND_VARIABLE,
+    HUB_SUITES,
+    OFFLINE_SWITCHES,
+    calibration_rows,
+    calibration_set_sources,
+    hub_models,
+)
 from kdp.registry import resolve_params
 
 try:
@@ -180,3 +190,81 @@ def sized_runtime(floor_minutes, minutes_per_billion):
         return attempt * (floor_minutes + int(minutes_per_billion * whole / 1e9))
 
     return runtime
+
+
+# -- hub assets (rules in prefetch.smk) ---------------------------------------------------------------------------
+# Jobs never reach the hub (a job whose asset is missing names it and the prefetch command); the prefetch script
+# switches this off for itself. Export HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 to let jobs download anyway.
+for switch in OFFLINE_SWITCHES:
+    os.environ.setdefault(switch, "1")
+os.environ[COMMAND_VARIABLE] = "snakemake prefetch" + "".join(
+    f" --configfile={path}" for path in workflow.overwrite_configfiles
+)
+
+HUB_MODELS = hub_models(config)
+CALIBRATION_ROWS = calibration_rows(config)
+EVALUATION_ON_HUB = config["evaluation"]["suite"] in HUB_SUITES
+
+
+def model_asset(wildcards):
+    """{"asset": record} for a hub model (rule base_model), nothing for embedded and path models."""
+    if wildcards.model not in HUB_MODELS:
+        return {}
+    return {"asset": f"results/prefetch/models/{wildcards.model}.json"}
+
+
+def calibration_assets(wildcards):
+    return [
+        f"results/prefetch/calibration/{source}.json"
+        for source in calibration_set_sources(config, wildcards.calibration)
+    ]
+
+
+def evaluation_assets(wildcards):
+    return ["results/prefetch/evaluation.json"] if EVALUATION_ON_HUB else []
+
+
+# -- calibration sizing (rules in calibration.smk) ------------------------------------------------------------------
+def calibration_read(wildcards, input):
+    """(largest row group, bytes of all files) the job reads, from the prefetch records; None before they exist."""
+    from pathlib import Path
+
+    from kdp.prefetch import read_bytes
+
+    if not all(Path(record).is_file() for record in input.sources):
+        return None
+    return read_bytes(input.sources)
+
+
+def calibration_tokens(wildcards):
+    spec = config["calibration"][wildcards.calibration]
+    return sum(int(source["samples"]) for source in spec["sources"]) * int(spec["max_length"])
+
+
+# Sized from what the job reads: the largest parquet row group it holds (three copies: arrow, Python rows, texts)
+# and about 64 bytes per token kept (Python lists of ids, then the int64 tensors); about 100 MB of parquet and
+# 5 M tokens a minute. Before the prefetch records exist (a dry run) the sizes are <TBD>.
+def calibration_mem_mb(wildcards, input, attempt):
+    from snakemake.common.tbdstring import TBDString
+
+    read = calibration_read(wildcards, input)
+    if read is None:
+        return TBDString()
+    return attempt * (2000 + int((3 * read[0] + 64 * calibration_tokens(wildcards)) / 2**20))
+
+
+def calibration_runtime(wildcards, input, attempt):
+    from snakemake.common.tbdstring import TBDString
+
+    read = calibration_read(wildcards, input)
+    if read is None:
+        return TBDString()
+    return attempt * (10 + int(read[1] / 100e6 + calibration_tokens(wildcards) / 5e6))
+
+
+# -- figure inputs (rules in figures.smk) ---------------------------------------------------------------------------
+def figure_rule_inputs(wildcards):
+    spec = config["figures"][wildcards.figure]
+    if spec["kind"] in FIT_KINDS:
+        return [d for m in spec["models"] for d in block_fit_dirs(m, fit_variant(spec))]
+    return figure_inputs(config, wildcards.figure)

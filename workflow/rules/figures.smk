@@ -4,7 +4,7 @@
 import sys
 
 from kdp.errors import UserError
-from kdp.figures import FIT_KINDS, check_figures, figure_inputs, fit_variant
+from kdp.figures import check_figures
 
 try:
     check_figures(config)
@@ -19,13 +19,6 @@ FINAL_TARGETS.extend(
 )
 
 FIGURE_PNGS = [f"results/figures/{name}.png" for name in FIGURES]
-
-
-def figure_rule_inputs(wildcards):
-    spec = config["figures"][wildcards.figure]
-    if spec["kind"] in FIT_KINDS:
-        return [d for m in spec["models"] for d in block_fit_dirs(m, fit_variant(spec))]
-    return figure_inputs(config, wildcards.figure)
 
 
 rule figure:

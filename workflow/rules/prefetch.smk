@@ -1,48 +1,6 @@
 # Hub assets, fetched once into the Hugging Face cache by local rules (they run on the submit host, where the
 # internet is), then read offline by every job (kdp/prefetch.py). `snakemake prefetch --configfile=...` runs only
 # this part and writes results/prefetch/manifest.json; a full run runs it first by itself.
-import os
-
-from kdp.prefetch import (
-    COMMAND_VARIABLE,
-    HUB_SUITES,
-    OFFLINE_SWITCHES,
-    calibration_rows,
-    calibration_set_sources,
-    hub_models,
-)
-
-# Jobs never reach the hub (a job whose asset is missing names it and the prefetch command); the prefetch script
-# switches this off for itself. Export HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 to let jobs download anyway.
-for switch in OFFLINE_SWITCHES:
-    os.environ.setdefault(switch, "1")
-os.environ[COMMAND_VARIABLE] = "snakemake prefetch" + "".join(
-    f" --configfile={path}" for path in workflow.overwrite_configfiles
-)
-
-HUB_MODELS = hub_models(config)
-CALIBRATION_ROWS = calibration_rows(config)
-EVALUATION_ON_HUB = config["evaluation"]["suite"] in HUB_SUITES
-
-
-def model_asset(wildcards):
-    """{"asset": record} for a hub model (rule base_model), nothing for embedded and path models."""
-    if wildcards.model not in HUB_MODELS:
-        return {}
-    return {"asset": f"results/prefetch/models/{wildcards.model}.json"}
-
-
-def calibration_assets(wildcards):
-    return [
-        f"results/prefetch/calibration/{source}.json"
-        for source in calibration_set_sources(config, wildcards.calibration)
-    ]
-
-
-def evaluation_assets(wildcards):
-    return ["results/prefetch/evaluation.json"] if EVALUATION_ON_HUB else []
-
-
 rule prefetch:
     input:
         [f"results/prefetch/models/{model}.json" for model in HUB_MODELS],
