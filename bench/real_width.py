@@ -62,10 +62,10 @@ PROBE = (2, 16)  # token ids the logits are compared on
 
 def pipeline_config(key: str, source: Path, samples: int, tokens: int) -> dict:
     from kdp.config import validate
-    from kdp.registry import load_methods
+    from kdp.registry import method_names, method_spec
 
-    every_method_on_one_set = {name: {"calibration": "standard"} for name, cls in load_methods().items()
-                               if "calibration" in cls.defaults}
+    every_method_on_one_set = {name: {"calibration": "standard"} for name in method_names()
+                               if "calibration" in method_spec(name, "real_width").defaults}
     return validate({
         "seed": 0, "target_ratio": TARGET_RATIO, "runtime": {"dtype": "float32"},
         "models": {key: {"source": f"path:{source}", "label": key}},
@@ -181,11 +181,11 @@ def run_config(key: str, layers: int, samples: int, tokens: int, root: Path, var
     from kdp import models, steps
     from kdp.flops import load_model_config, model_spec
     from kdp.io import read_json
-    from kdp.registry import load_methods
+    from kdp.registry import method_names
     from kdp.selection import read_blocks
     from tests.test_artifacts import char_tokenizer, fresh_env
 
-    missing = sorted(set(load_methods()) - {v["method"] for v in VARIANTS.values()})
+    missing = sorted(set(method_names()) - {v["method"] for v in VARIANTS.values()})
     if missing:  # the benchmark covers every registered method; a new one needs its variant here
         raise RuntimeError(f"registered methods without a variant here: {missing}")
     seconds: dict[str, float] = {}
@@ -252,15 +252,15 @@ def method_inputs(config: dict, variant: str, calibration: Path, hidden: Path, b
     """What rule prune hands a method, from what its class requires (as method_inputs in common.smk)."""
     from kdp.registry import resolve_params
 
-    cls, _ = resolve_params(config, variant)
+    spec, _ = resolve_params(config, variant)
     inputs: dict = {}
-    if cls.requires & {"calibration", "hidden_states"}:
+    if spec.requires & {"calibration", "hidden_states"}:
         inputs["calibration"] = str(calibration)
-    if "hidden_states" in cls.requires:
+    if "hidden_states" in spec.requires:
         inputs["hidden"] = str(hidden)
-    if cls.requires & {"blocks", "block_fits"}:
+    if spec.requires & {"blocks", "block_fits"}:
         inputs["blocks"] = str(blocks)
-    if cls.fits_blocks:
+    if spec.fits_blocks:
         inputs["block_fits"] = fits
     return inputs
 
