@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import time
 from pathlib import Path
@@ -209,6 +210,34 @@ def print_result(result: dict) -> None:
     print()
 
 
+def markdown_rows(result: dict) -> list[str]:
+    """One Markdown table per fitted block, the rows docs/kdp.md shows (``--report``)."""
+    lines = []
+    for block in result["blocks"]:
+        first, last = block["block"]
+        lines += [f"**{result['model']}, block {first}-{last}** (CKA gated {block['cka']:.4f}, literal "
+                  f"{block['literal_cka']:.5f}; dense perplexity {result['dense_perplexity']:.2f})", "",
+                  "| replacement | cosine | ppl | Step 1 best / epochs | Step 1 gain | Step 2 steps | tokens left out |"
+                  " fit s |", "|---|---|---|---|---|---|---|---|"]
+        for name, row in block["rows"].items():
+            fit = ["", "", "", "", ""]
+            if "step1_best_epoch" in row:
+                fit = [f"{row['step1_best_epoch']} / {row['step1_epochs']}", f"{100 * row['step1_gain']:.1f}%",
+                       str(row["step2_steps"]), str(row["tokens_left_out"]), f"{row['fit_seconds']:.0f}"]
+            lines.append(f"| {name} | {row['cosine']:.4f} | {row['perplexity']:.2f} | " + " | ".join(fit) + " |")
+        lines.append("")
+    return lines
+
+
+def report(paths: list[Path]) -> None:
+    for path in paths:
+        data = json.loads(path.read_text())
+        provenance_line = data["provenance"]
+        print(f"<!-- {path.name}: commit {provenance_line.get('git_commit')} -->")
+        for result in data["results"]:
+            print("\n".join(markdown_rows(result)))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "config" / "config.yaml")
@@ -226,7 +255,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "results" / "bench" / "kdp_sensitivity")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
+                        help="print the Markdown tables of earlier --out files and exit")
     args = parser.parse_args(argv)
+    if args.report:
+        report(args.report)
+        return
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
     results = []
