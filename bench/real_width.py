@@ -1,7 +1,9 @@
 """Real-width architecture checks on CPU, without the hub: each shipped model config through the real code path.
 
-    python bench/real_width.py                       # all six configs of resources/model_configs, 3 layers
-    python bench/real_width.py llama-3-8b opt-2.7b   # the pair tests/test_real_width.py runs in CI
+    PYTHONPATH=. python bench/real_width.py                       # all six configs of resources/model_configs
+    PYTHONPATH=. python bench/real_width.py llama-3-8b opt-2.7b   # the pair tests/test_real_width.py runs in CI
+
+(from the repository root: the checks reuse the test suite's character tokenizer, `tests.test_artifacts`)
 
 For each config, a checkpoint with the config's full width (hidden size, heads, key/value heads, FFN, vocabulary,
 rope scaling, biases) and ``--layers`` decoder layers is written with seeded random fp16 weights

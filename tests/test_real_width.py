@@ -4,6 +4,7 @@ and, slow, the full code path on a LLaMA-3 and an OPT config at full width with 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -31,8 +32,9 @@ def test_llm_pruner_lands_within_two_points_of_the_target_at_the_real_depth(key)
 @pytest.mark.parametrize("key", ["llama-3-8b", "opt-2.7b"])
 def test_full_width_model_passes_the_real_code_path(key, tmp_path):
     out = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, str(BENCH / "real_width.py"), key, "--json", str(out),
-                           "--variants", *CI_VARIANTS], capture_output=True, text=True, timeout=3600, cwd=REPO)
+                           "--variants", *CI_VARIANTS], capture_output=True, text=True, timeout=3600, cwd=REPO, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (report,) = json.loads(out.read_text())
     assert list(report["variants"]) == CI_VARIANTS
