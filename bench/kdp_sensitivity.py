@@ -210,6 +210,14 @@ def print_result(result: dict) -> None:
     print()
 
 
+def _row_order(name: str) -> tuple:
+    """Removal, the OLS fits, then the KDP settings in SETTINGS order, each by sample count (JSON sorts keys)."""
+    if not name.startswith("KDP "):
+        return (0 if name == "plain removal" else 1, 0, name)
+    setting, samples = name[4:].rsplit(" (", 1)
+    return (2, list(SETTINGS).index(setting), int(samples.split()[0]))
+
+
 def markdown_rows(result: dict) -> list[str]:
     """One Markdown table per fitted block, the rows docs/kdp.md shows (``--report``)."""
     lines = []
@@ -219,7 +227,7 @@ def markdown_rows(result: dict) -> list[str]:
                   f"{block['literal_cka']:.5f}; dense perplexity {result['dense_perplexity']:.2f})", "",
                   "| replacement | cosine | ppl | Step 1 best / epochs | Step 1 gain | Step 2 steps | tokens left out |"
                   " fit s |", "|---|---|---|---|---|---|---|---|"]
-        for name, row in block["rows"].items():
+        for name, row in sorted(block["rows"].items(), key=lambda item: _row_order(item[0])):
             fit = ["", "", "", "", ""]
             if "step1_best_epoch" in row:
                 fit = [f"{row['step1_best_epoch']} / {row['step1_epochs']}", f"{100 * row['step1_gain']:.1f}%",
