@@ -106,6 +106,7 @@ LLM_PRUNER = MethodSpec(
         "finetune": False,  # True: LoRA recovery with ``recovery`` (the † row)
         "recovery": dict(LLM_PRUNER_RECOVERY),
     },
+    nested_keys={"recovery": ("betas", "max_steps")},  # fine-tuning recipe keys beyond the README command's
 )
 
 SHORTGPT = MethodSpec(
@@ -146,6 +147,7 @@ SLICEGPT = MethodSpec(
         "finetune": False,  # True: the recovery fine-tuned (†) row
         "recovery": SLICEGPT_RECOVERY,
     },
+    nested_keys={"recovery": ("max_steps",)},  # a fine-tuning recipe key beyond the README command's
 )
 
 STREAMLINE = MethodSpec(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import metadata
@@ -66,6 +66,9 @@ class MethodSpec:
     fits_blocks: bool = False
     defaults: Mapping[str, Any] = field(default_factory=dict)
     name: str = ""  # the registry fills it in
+    #: Keys a dict-valued parameter accepts beyond those of its default (all of them where the default is empty,
+    #: e.g. KDP's ``fit``), so that a misspelt nested key fails when the config loads, not in a job.
+    nested_keys: Mapping[str, Collection[str]] = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "requires", frozenset(self.requires))
@@ -210,8 +213,21 @@ def resolve_params(config: dict[str, Any], variant: str, model: str | None = Non
             if key not in params:
                 raise UserError(f"{where}.{key}: unknown parameter of method {spec.name!r}; "
                                 f"allowed: {', '.join(sorted(params)) or 'none'}")
+            _check_nested(spec, key, value, f"{where}.{key}")
             params[key] = _merge(params[key], value)
     return spec, params
+
+
+def _check_nested(spec: MethodSpec, key: str, value: Any, where: str) -> None:
+    """A dict given for a dict-valued parameter names only keys its default or the spec's `nested_keys` allow."""
+    default = spec.defaults.get(key)
+    if not (isinstance(value, dict) and isinstance(default, dict)):
+        return
+    allowed = set(default) | set(spec.nested_keys.get(key, ()))
+    unknown = sorted(set(value) - allowed)
+    if allowed and unknown:
+        raise UserError(f"{where}.{unknown[0]}: unknown key of {key!r} for method {spec.name!r}; "
+                        f"allowed: {', '.join(sorted(allowed))}")
 
 
 def variant_target_ratio(config: dict[str, Any], variant: str) -> float:

@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import pytest
+import yaml
 
 from kdp import registry
 from kdp.errors import UserError
@@ -139,3 +140,44 @@ def test_modules_the_workflow_imports_while_planning_import_no_torch():
     done = _python(code, *sorted(imported))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "False"
+
+
+def test_declared_nested_keys_are_the_ones_the_jobs_accept():
+    from dataclasses import fields
+
+    from baselines import llm_pruner, slicegpt
+    from kdp.linearize import KDPConfig
+    from kdp.methods.specs import KDP_FIT_KEYS
+    from kdp.selection import SELECTION_KEYS
+
+    assert KDP_FIT_KEYS == tuple(f.name for f in fields(KDPConfig))
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert set(SELECTION_KEYS) == set(schema["properties"]["selection"]["properties"])
+    for name, module in (("slicegpt", slicegpt), ("llm_pruner", llm_pruner)):
+        spec = method_spec(name, "test")
+        assert set(spec.defaults["recovery"]) | set(spec.nested_keys["recovery"]) == module._RECOVERY_KEYS
+
+
+@pytest.mark.parametrize("variant, entry, message", [
+    ("kdp", {"method": "kdp", "fit": {"rff_dimm": 512}}, "variants.kdp.fit.rff_dimm: unknown key of 'fit' for method 'kdp'"),
+    ("kdp", {"method": "kdp", "selection": {"kmax": 3}}, "variants.kdp.selection.kmax: unknown key"),
+    ("kdp_peft", {"method": "kdp", "finetune": True, "peft": {"rnak": 4}}, "variants.kdp_peft.peft.rnak: unknown key"),
+    ("wo_kernel", {"method": "drop_blocks", "selection": {"max_block": 1}}, "variants.wo_kernel.selection.max_block"),
+    ("slicegpt_rft", {"method": "slicegpt", "recovery": {"bach_size": 3}}, "variants.slicegpt_rft.recovery.bach_size"),
+    ("llm_pruner_ft", {"method": "llm_pruner", "recovery": {"epoch": 1}}, "variants.llm_pruner_ft.recovery.epoch"),
+    ("streamline", {"method": "streamline", "training": {"lr_min": 1e-5}}, "variants.streamline.training.lr_min"),
+])
+def test_a_misspelt_nested_method_key_fails_when_the_config_loads(variant, entry, message):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["variants"][variant] = {**entry, "label": "x"}
+    with pytest.raises(UserError, match=re.escape(message)):
+        resolve_params(config, variant, "smollm2-135m")
+
+
+def test_nested_keys_the_defaults_or_the_spec_allow_resolve():
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["variants"]["kdp"] = {"method": "kdp", "fit": {"rff_dim": 256, "ols_reinit": "epoch"},
+                                 "selection": {"max_blocks": 1}, "label": "x"}
+    config["variants"]["llm_pruner_ft"] = {"method": "llm_pruner", "recovery": {"max_steps": 3, "betas": [0.9, 0.95]}}
+    assert resolve_params(config, "kdp", "smollm2-135m")[1]["fit"]["rff_dim"] == 256
+    assert resolve_params(config, "llm_pruner_ft", "smollm2-135m")[1]["recovery"]["max_steps"] == 3

@@ -53,6 +53,8 @@ def test_bad_config_is_one_clear_line(override, message):
     ("variants: {x: {method: nope}}", "config key variants.x.method: method 'nope' is unknown; allowed: dense"),
     ("selection: {k_max: 0}", "config key selection.k_max: 0 is out of range; allowed: >= 1"),
     ("models: {m: {source: 'embedded:bert'}}", "config key models.m.source: embedded model 'bert' is unknown"),
+    ("variants: {kdp: {method: kdp, fit: {rff_dimm: 512}, label: Ours}}",
+     "variants.kdp.fit.rff_dimm: unknown key of 'fit' for method 'kdp'; allowed: cos_weight_max_exponent"),
 ])
 def test_bad_config_file_is_one_clear_line(tmp_path, yaml_text, message):
     # A --configfile replaces the embedded config whole, so the bad file is the embedded one with one bad entry.

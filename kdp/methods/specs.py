@@ -6,6 +6,18 @@ is imported only by the jobs that run it, and takes these declarations through `
 from __future__ import annotations
 
 from kdp.registry import MethodSpec
+from kdp.selection import SELECTION_KEYS
+
+#: The fields of kdp.linearize.KDPConfig, which a ``fit:`` block may set (kept here, light, for the config check;
+#: tests/test_registry.py holds the two lists equal).
+KDP_FIT_KEYS = (
+    "rff_dim", "rank", "sigma", "input_normalization", "outlier_tokens", "outlier_norm_ratio", "cos_weighting",
+    "cos_weight_max_exponent", "gamma_init", "ols_reinit", "kernel_ols_ridge", "kernel_lr", "kernel_batch_samples",
+    "kernel_max_epochs", "kernel_stop_tol", "kernel_stop_patience", "kernel_min_lr", "plateau_factor",
+    "plateau_patience", "inverse_hidden", "inverse_activation", "inverse_loss_space", "inverse_lr",
+    "inverse_batch_samples", "inverse_epochs", "norm_loss_weight", "linear_ols_ridge", "held_out_fraction",
+    "eval_batch_samples", "seed", "device", "dtype",
+)
 
 # Appendix B, "Post training".
 PEFT_DEFAULTS = {
@@ -16,7 +28,8 @@ PEFT_DEFAULTS = {
 
 DENSE = MethodSpec("kdp.methods.dense:Dense")
 
-DROP_BLOCKS = MethodSpec("kdp.methods.drop_blocks:DropBlocks", requires={"blocks"}, defaults={"selection": {}})
+DROP_BLOCKS = MethodSpec("kdp.methods.drop_blocks:DropBlocks", requires={"blocks"}, defaults={"selection": {}},
+                         nested_keys={"selection": SELECTION_KEYS})
 
 KDP = MethodSpec(
     "kdp.methods.kdp:KDP",
@@ -31,4 +44,5 @@ KDP = MethodSpec(
         "peft": dict(PEFT_DEFAULTS),
         "reuse_fits_of": None,  # another variant whose block fits this one uses unchanged
     },
+    nested_keys={"selection": SELECTION_KEYS, "fit": KDP_FIT_KEYS},
 )
