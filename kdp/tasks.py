@@ -255,7 +255,7 @@ def check_benchmarks(suite: str, names: Iterable[str], where: str) -> list[Bench
 
 
 def mapping_table(suite: str = "paper") -> str:
-    """Markdown: one row per benchmark with its lm-eval task, metric, source and notes (for the README)."""
+    """Markdown: one row per benchmark with its lm-eval task, metric, source and notes (for docs/benchmarks.md)."""
     if suite not in SUITES:
         raise UserError(f"suite {suite!r} is unknown; allowed: {', '.join(SUITES)}")
     lines = ["| column | id | lm-eval task | metric | table | chance | items | source | note |",
