@@ -267,17 +267,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--extra", type=json.loads, help="one more KDP row with these KDPConfig overrides (JSON), "
                         'e.g. \'{"kernel_batch_samples": 8, "inverse_batch_samples": 8}\' for more optimiser steps')
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
+    run_models(parser.parse_args(argv), evaluate_model, print_result)
+
+
+def run_models(args, evaluate, show) -> None:
+    """``evaluate(config, model, args)`` for each model, shown as it finishes; with ``--out``, the results so far
+    are written after each model, so a long run loses nothing already measured."""
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
     results = []
     for model in args.models or list(config["models"]):
-        result = evaluate_model(config, model, args)
-        print_result(result)
+        result = evaluate(config, model, args)
+        show(result)
         results.append(result)
-    if args.out:
-        write_json(args.out, {"results": results, "args": {k: str(v) for k, v in vars(args).items()},
-                              "provenance": provenance(config, config["seed"])})
+        if args.out:
+            write_json(args.out, {"results": results, "args": {k: str(v) for k, v in vars(args).items()},
+                                  "provenance": provenance(config, config["seed"])})
 
 
 if __name__ == "__main__":

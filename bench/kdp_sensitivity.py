@@ -30,17 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdp_quality import PassThrough, base_dir, block_data, captured, held_out_set
+from kdp_quality import PassThrough, base_dir, block_data, captured, held_out_set, run_models
 
 from kdp.adapters import adapter_for
 from kdp.calibration import build
-from kdp.config import load as load_config
 from kdp.finetune import validation_perplexity
-from kdp.io import write_json
 from kdp.linearize import BlockData, KDPConfig, fit_direct_ols, fit_kdp, reconstruction_metrics
 from kdp.models import load_base
 from kdp.outliers import token_norms
-from kdp.provenance import provenance
 from kdp.registry import resolve_params
 from kdp.selection import Block, candidate_blocks
 from kdp.similarity import layer_tokens, linear_cka, ordinary_tokens, token_subsample
@@ -269,16 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         report(args.report)
         return
-    torch.set_num_threads(args.threads)
-    config = load_config(args.config)
-    results = []
-    for model in args.models or list(config["models"]):
-        result = evaluate_model(config, model, args)
-        print_result(result)
-        results.append(result)
-        if args.out:
-            write_json(args.out, {"results": results, "args": {k: str(v) for k, v in vars(args).items()},
-                                  "provenance": provenance(config, config["seed"])})
+    run_models(args, evaluate_model, print_result)
 
 
 if __name__ == "__main__":
