@@ -37,17 +37,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def dag_config(tiny: bool, dtype: str) -> dict:
     """The embedded config cut to OPT-KJV and Table 1; ``tiny``: Micro-OPT (the CI micro model, width 32) in its
-    place, each benchmark cut to 6 items, so every Table 1 method runs in minutes on a CPU."""
+    place with the CI micro DAG's evaluation (three benchmarks of 6 items), so every Table 1 method runs in minutes
+    on a CPU."""
     import yaml
 
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     model = "micro-opt" if tiny else "opt-kjv"
     config["models"] = {model: {"source": f"embedded:{model}", "label": model,
                                 **({} if tiny else {"overrides": config["models"]["opt-kjv"]["overrides"]})}}
-    if tiny:
-        config["evaluation"]["limit"] = 6
+    if tiny:  # Micro-OPT has 64 positions and a character vocabulary: the CI micro DAG's evaluation fits it
+        micro = yaml.safe_load((ROOT / "tests" / "integration" / "config" / "config.yaml").read_text())
+        config["evaluation"] = {**config["evaluation"], **micro["evaluation"]}
     config["runtime"] = {**config.get("runtime", {}), "dtype": dtype}
     config["tables"] = {"table1": {**config["tables"]["table1"], "models": [model]}}
+    config["variants"] = {name: config["variants"][name] for name in config["tables"]["table1"]["variants"]}
     config["figures"] = {}
     return config
 
