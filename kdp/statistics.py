@@ -141,9 +141,14 @@ def paired_replicates(items: Mapping[Hashable, ItemScores], seed: np.random.Seed
 
 
 def interval(replicates: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Percentile interval of the replicates."""
+    """Percentile interval of the replicates where the statistic is defined: RP divides by the dense Avg, so a
+    replicate whose resampled items give dense 0 has none (small pools near chance) and is left out."""
+    replicates = np.asarray(replicates, dtype=float)
+    defined = replicates[np.isfinite(replicates)]
+    if defined.size == 0:
+        return float("nan"), float("nan")
     tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(replicates, [tail, 1.0 - tail])
+    low, high = np.quantile(defined, [tail, 1.0 - tail])
     return float(low), float(high)
 
 

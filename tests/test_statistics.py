@@ -91,3 +91,9 @@ def test_interval_verdict_and_item_extrapolation():
     assert statistics.interval_verdict(60.0, None, None) is None
     # half-width 4 at 100 items: 2 needs four times the items
     assert statistics.items_for_half_width(100, 4.0, 2.0) == 400
+
+
+def test_interval_leaves_out_replicates_where_the_statistic_is_undefined():
+    drawn = np.array([1.0, 2.0, 3.0, 4.0, np.nan, np.inf, 5.0])
+    assert statistics.interval(drawn) == statistics.interval(np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert all(np.isnan(statistics.interval(np.array([np.nan, np.inf]))))
