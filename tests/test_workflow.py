@@ -38,6 +38,17 @@ def test_paper_profile_plans_every_model_and_table():
         assert f"results/{table}.tex" in out
 
 
+def test_dry_run_plans_a_stochastic_variant_per_seed_and_a_deterministic_one_once(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    (tmp_path / "seeds.yaml").write_text(yaml.safe_dump({**config, "seeds": [0, 1]}))
+    result = snakemake("-n", "results/table1.tex", f"--configfile={tmp_path / 'seeds.yaml'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    for model in ("smollm2-135m", "opt-kjv"):
+        assert f"results/eval/{model}/kdp~s1.json" in out and f"results/models/{model}/kdp~s1" in out
+        assert f"results/eval/{model}/shortgpt.json" in out and "shortgpt~s" not in out
+
+
 @pytest.mark.parametrize("override,message", [
     ("target_ratio=1.5", "config key target_ratio: 1.5 is out of range; allowed: > 0 and < 1"),
     ("target_ratio=0", "config key target_ratio: 0 is out of range"),
