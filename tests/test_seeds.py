@@ -30,8 +30,10 @@ MODEL = "smollm2-135m"
 
 @pytest.fixture(scope="module")
 def two_seeds():
+    """The embedded default, which builds stochastic variants with seeds 0 and 1."""
     config = load(REPO / "config" / "config.yaml")
-    return validate({**config, "seeds": [0, 1]})
+    assert config["seeds"] == [0, 1]
+    return config
 
 
 # -- planning ------------------------------------------------------------------------------------------------------
@@ -46,13 +48,12 @@ def test_stochastic_variants_get_a_run_per_seed_and_deterministic_ones_one(two_s
     assert f"results/eval/{MODEL}/shortgpt.json" in evals and f"results/eval/{MODEL}/slicegpt~s1.json" not in evals
 
 
-def test_one_seed_keeps_every_path_and_the_base_seed(two_seeds):
-    single = load(REPO / "config" / "config.yaml")
-    assert single["seeds"] == [single["seed"]] == [0]
+def test_one_seed_keeps_every_path_and_defaults_to_the_base_seed(two_seeds):
+    single = copy.deepcopy(two_seeds)
+    del single["seeds"]
+    single = validate({**single, "seed": 5})
+    assert single["seeds"] == [5] and variant_runs(single, "kdp", MODEL) == [("kdp", 5)]
     assert all("~" not in path for paths in table_kinds.table_inputs(single, "table1").values() for path in paths)
-    fresh = copy.deepcopy(single)
-    del fresh["seeds"]
-    assert validate({**fresh, "seed": 5})["seeds"] == [5]
 
 
 def test_run_names_split_into_variant_and_seed(two_seeds):
