@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -99,6 +100,17 @@ def test_micro_dag_runs_end_to_end(tmp_path):
     tests = table1[table1["kind"] == "paired_difference"]
     assert set(tests["benchmark"]) == {"Avg - w/o Kernel", "Avg - best baseline"} and tests["p_holm"].notna().all()
     assert r"{\scriptsize$\pm$" in (workdir / "results" / "table1.tex").read_text()
+    # seeds [0, 1]: KDP's rows average two builds whose folds differ; deterministic rows are built once
+    seeds = table1.groupby(["variant", "benchmark"])[["seeds", "seed_sd"]].first()
+    assert (seeds.loc["kdp", "seeds"] == 2).all() and seeds.loc[("kdp", "Avg"), "seed_sd"] >= 0
+    assert (seeds.loc["wo_kernel", "seeds"] == 1).all() and seeds.loc["wo_kernel", "seed_sd"].isna().all()
+    assert r"{\scriptsize$\sigma$" in (workdir / "results" / "table1.tex").read_text()
+    results = workdir / "results"
+    assert json.loads((results / "eval" / "micro-llama" / "kdp~s1.json").read_text())["seed"] == 1
+    assert not (results / "models" / "micro-llama" / "wo_kernel~s1").exists()
+    block = sorted(path.name for path in (results / "kdp" / "micro-llama" / "kdp").glob("block_*"))[0]
+    folds = [(results / "kdp" / "micro-llama" / run / block / "fold.safetensors").read_bytes() for run in ("kdp", "kdp~s1")]
+    assert folds[0] != folds[1]
     for name in ("table2", "table3"):
         cells = pd.read_csv(workdir / "results" / f"{name}.csv", comment="#")
         assert cells.loc[cells["kind"] != "paired_difference", ["ci_low", "ci_high"]].notna().all().all(), name
