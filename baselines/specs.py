@@ -72,6 +72,16 @@ STREAMLINE_MSE_TRAINING: dict[str, Any] = {
 STREAMLINE_LLM_LOSS_TRAINING: dict[str, Any] = {**STREAMLINE_MSE_TRAINING, "betas": [0.9, 0.95], "clip": 1.0}
 
 
+def _finetuned(params: dict[str, Any]) -> bool:
+    return bool(params["finetune"])
+
+
+def _trains_or_draws(params: dict[str, Any]) -> bool:
+    """Streamline draws at random when it trains (MSE stage or LLM-loss fine-tune: init order, batch order) or
+    when its replacement is a freshly initialised FFN; a copied layer without training is deterministic."""
+    return params["training"] is not None or params["finetune"] is not None or params["replacement"] == "ffn"
+
+
 #: The fixed grid LaCo's "largest_reaching_target" rule walks down: 0.95, 0.90, ..., 0.05. T = 0 is left out on
 #: purpose: it would let the sign of a near-zero cosine decide.
 LACO_THRESHOLD_GRID = [round(0.95 - 0.05 * step, 2) for step in range(19)]
@@ -107,6 +117,7 @@ LLM_PRUNER = MethodSpec(
         "recovery": dict(LLM_PRUNER_RECOVERY),
     },
     nested_keys={"recovery": ("betas", "max_steps")},  # fine-tuning recipe keys beyond the README command's
+    stochastic=_finetuned,  # Taylor importance on fixed samples is deterministic; the LoRA recovery is not
 )
 
 SHORTGPT = MethodSpec(
@@ -148,6 +159,7 @@ SLICEGPT = MethodSpec(
         "recovery": SLICEGPT_RECOVERY,
     },
     nested_keys={"recovery": ("max_steps",)},  # a fine-tuning recipe key beyond the README command's
+    stochastic=_finetuned,  # PCA on fixed samples is deterministic; the LoRA recovery is not
 )
 
 STREAMLINE = MethodSpec(
@@ -166,4 +178,5 @@ STREAMLINE = MethodSpec(
         "finetune": None,  # None | llm_loss (the † row)
         "llm_loss": STREAMLINE_LLM_LOSS_TRAINING,
     },
+    stochastic=_trains_or_draws,
 )

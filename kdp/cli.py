@@ -2,7 +2,8 @@
 
     kdp-bench methods                       every method a config may name, what it consumes, where its class is
     kdp-bench variants [--config PATH]      the config's variants: method and label
-    kdp-bench show VARIANT [--model M]      a variant's hyperparameters after every config layer is applied (JSON)
+    kdp-bench show VARIANT [--model M]      a variant's hyperparameters after every config layer is applied, and its
+                                            runs: one per seed when its method draws at random, else one (JSON)
     kdp-bench audit [--claims DIR]          the paper's printed numbers checked against each other (CSV on stdout)
     kdp-bench provenance PATH               where a result came from: the provenance its file records
 
@@ -100,7 +101,7 @@ def list_variants(args: argparse.Namespace) -> None:
 
 def show_variant(args: argparse.Namespace) -> None:
     from kdp.errors import bad_value
-    from kdp.registry import resolve_params, variant_target_ratio
+    from kdp.registry import resolve_params, variant_runs, variant_target_ratio
 
     config = _config(args.config)
     if args.variant not in config["variants"]:
@@ -110,7 +111,7 @@ def show_variant(args: argparse.Namespace) -> None:
     spec, params = resolve_params(config, args.variant, args.model)
     shown = {"variant": args.variant, "method": spec.name, "model": args.model,
              "target_ratio": variant_target_ratio(config, args.variant), "requires": sorted(spec.requires),
-             "params": params}
+             "params": params, "runs": dict(variant_runs(config, args.variant, args.model))}
     print(json.dumps(shown, indent=2, sort_keys=True))
 
 

@@ -40,6 +40,7 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     if errors:
         raise UserError(_describe(errors[0], schema))
     _fill_defaults(config, schema, schema)
+    config.setdefault("seeds", [config["seed"]])
     _check_semantics(config)
     return config
 
@@ -59,6 +60,8 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
     if validator in ("minItems", "minLength"):
         unit = "item" if validator == "minItems" else "character"
         return f"config key {key}: {error.instance!r} is too short; allowed: at least {error.validator_value} {unit}(s)"
+    if validator == "uniqueItems":
+        return f"config key {key}: {error.instance!r} repeats a value; allowed: distinct values"
     if validator == "required":
         return f"config key {key}: {error.message}"
     if validator == "pattern" and error.path and error.path[-1] == "source":

@@ -2,7 +2,9 @@
 `PruningMethod` subclass that a job imports when it runs the method.
 
 A method declares what it consumes (``requires``), whether it is fitted per block in separate jobs
-(``fits_blocks``) and its hyperparameters with their defaults (``defaults``): a `MethodSpec`. The workflow turns
+(``fits_blocks``), its hyperparameters with their defaults (``defaults``) and whether its result depends on a random
+draw (``stochastic``: a bool, or a function of the resolved hyperparameters): a `MethodSpec`. A stochastic variant is
+built once per configured seed (`variant_runs`), a deterministic one once. The workflow turns
 ``requires`` into input files and checks every configured key against ``defaults`` before any job runs, without
 importing the method's module, so parsing the Snakefile needs neither torch nor any method's code.
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 import copy
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import metadata
@@ -53,7 +55,10 @@ BUILTIN_METHODS: dict[str, str] = {
 #: Entry-point group through which an installed package adds methods.
 ENTRY_POINT_GROUP = "kdp_bench.methods"
 
-_DECLARED = ("requires", "fits_blocks", "defaults")
+_DECLARED = ("requires", "fits_blocks", "defaults", "stochastic")
+
+#: A further seed's build of a variant is the run ``{variant}~s{seed}``; the first seed keeps the variant's own name.
+SEED_MARK = "~s"
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,9 @@ class MethodSpec:
     requires: frozenset[str] = frozenset()
     fits_blocks: bool = False
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: whether the result depends on a random draw (init, sampling, training order): a bool, or a function of the
+    #: resolved hyperparameters (e.g. only a recovery fine-tune draws at random)
+    stochastic: bool | Callable[[Mapping[str, Any]], bool] = False
     name: str = ""  # the registry fills it in
     #: Keys a dict-valued parameter accepts beyond those of its default (all of them where the default is empty,
     #: e.g. KDP's ``fit``), so that a misspelt nested key fails when the config loads, not in a job.
@@ -76,6 +84,9 @@ class MethodSpec:
         if unknown:
             raise TypeError(f"{self.implementation}: requires has unknown entries {sorted(unknown)}; "
                             f"allowed: {sorted(REQUIREMENTS)}")
+
+    def draws_at_random(self, params: Mapping[str, Any]) -> bool:
+        return bool(self.stochastic(params) if callable(self.stochastic) else self.stochastic)
 
     def load(self) -> type["PruningMethod"]:
         cls = _import(self.implementation, f"method {self.name!r}")
@@ -126,6 +137,8 @@ class PruningMethod(ABC):
     defaults: ClassVar[dict[str, Any]] = {}
     #: True when the method is fitted per selected block in independent jobs (``fit_block``) before ``prune``.
     fits_blocks: ClassVar[bool] = False
+    #: True (or a function of the params returning True) when the result depends on a random draw (`MethodSpec`).
+    stochastic: ClassVar[Any] = False
 
     def __init__(self, params: dict[str, Any]):
         self.params = params
@@ -144,7 +157,7 @@ _CLASSES: dict[str, type[PruningMethod]] = {}
 
 def register_method(name: str):
     """Class decorator: register a `PruningMethod` under ``name``. A built-in method's class takes ``requires``,
-    ``fits_blocks`` and ``defaults`` from its spec; any other class declares them in its body."""
+    ``fits_blocks``, ``defaults`` and ``stochastic`` from its spec; any other class declares them in its body."""
 
     def decorate(cls: type[PruningMethod]) -> type[PruningMethod]:
         if not (isinstance(cls, type) and issubclass(cls, PruningMethod)):
@@ -161,8 +174,10 @@ def register_method(name: str):
                 raise TypeError(f"{implementation} declares {', '.join(in_body)} in its body; "
                                 f"they belong to its spec, {BUILTIN_METHODS[name]}")
             cls.requires, cls.fits_blocks, cls.defaults = spec.requires, spec.fits_blocks, spec.defaults
+            cls.stochastic = spec.stochastic
         else:
-            spec = MethodSpec(implementation, cls.requires, cls.fits_blocks, cls.defaults, name)
+            spec = MethodSpec(implementation, cls.requires, cls.fits_blocks, cls.defaults, stochastic=cls.stochastic,
+                              name=name)
         cls.name = name
         _CLASSES[name] = cls
         _SPECS[name] = spec
@@ -233,6 +248,31 @@ def _check_nested(spec: MethodSpec, key: str, value: Any, where: str) -> None:
 def variant_target_ratio(config: dict[str, Any], variant: str) -> float:
     """The variant's own target ratio (e.g. SLEB's rows at 20%, the ratio sweeps of Figures 6-7), else the config's."""
     return float(config["variants"][variant].get("target_ratio", config["target_ratio"]))
+
+
+def variant_runs(config: dict[str, Any], variant: str, model: str) -> list[tuple[str, int]]:
+    """(run, seed) for each build of a variant on a model: one per configured ``seeds`` entry when its method draws
+    at random with the variant's hyperparameters, else one with the first seed. The first run is the variant itself,
+    so a single-seed config keeps every path it had; a further seed s is the run ``{variant}~s{s}``."""
+    spec, params = resolve_params(config, variant, model)
+    seeds = config["seeds"] if spec.draws_at_random(params) else config["seeds"][:1]
+    return [(seeded_run(config, variant, seed), seed) for seed in seeds]
+
+
+def seeded_run(config: dict[str, Any], variant: str, seed: int) -> str:
+    """The run name of a variant built with ``seed``: the variant itself for the first seed."""
+    return variant if seed == config["seeds"][0] else f"{variant}{SEED_MARK}{seed}"
+
+
+def split_run(config: dict[str, Any], run: str) -> tuple[str, int]:
+    """(variant, seed) of a run name: ``kdp~s1`` -> (kdp, 1); a plain variant name is its first seed's run."""
+    variant, mark, seed = run.partition(SEED_MARK)
+    if variant in config["variants"] and not mark:
+        return variant, config["seeds"][0]
+    if variant in config["variants"] and seed.isdigit() and int(seed) in config["seeds"][1:]:
+        return variant, int(seed)
+    raise UserError(f"run {run!r}: not a configured variant nor one of its seeded runs; allowed: a variant, or "
+                    f"<variant>{SEED_MARK}<seed> for a further seed of seeds {config['seeds']}")
 
 
 def _builtin_spec(name: str) -> MethodSpec:

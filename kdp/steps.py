@@ -267,15 +267,19 @@ def _selection_key(config: dict, model: str, variant: str, key: str) -> str:
 
 
 # -- pruning -------------------------------------------------------------------------------------------------------
-def _context(config: dict, model: str, variant: str, base_dir: str, inputs: dict[str, Any]):
+# `fit_block` and `prune` take a run: a variant's name (its first seed) or ``{variant}~s{seed}`` for a further seed of
+# a stochastic variant (`kdp.registry.variant_runs`). The run's seed seeds the method (PruneContext.seed and the
+# global generators); calibration sets, hidden states and block choices are the variant's, shared by every seed.
+def _context(config: dict, model: str, run: str, base_dir: str, inputs: dict[str, Any]):
     from kdp.calibration import CalibrationSet
-    from kdp.registry import PruneContext, resolve_params, variant_target_ratio
+    from kdp.registry import PruneContext, resolve_params, seeded_run, split_run, variant_target_ratio
 
+    variant, seed = split_run(config, run)
     spec, params = resolve_params(config, variant, model)
     network, tokenizer = _load_base(config, base_dir)
     ctx = PruneContext(
         model=network, adapter=adapter_for(network), tokenizer=tokenizer, params=params,
-        target_ratio=variant_target_ratio(config, variant), seed=config["seed"], device=next(network.parameters()).device,
+        target_ratio=variant_target_ratio(config, variant), seed=seed, device=next(network.parameters()).device,
         model_name=model, log=log,
     )
     if inputs.get("calibration"):
@@ -288,8 +292,9 @@ def _context(config: dict, model: str, variant: str, base_dir: str, inputs: dict
         fitted = params.get("reuse_fits_of") or variant
         # A variant reusing another's folds may read other hidden states than the ones they were fitted to.
         same_states = resolve_params(config, fitted, model)[1]["calibration"] == params["calibration"]
+        fitted_run = seeded_run(config, fitted, seed)
         for path in inputs["block_fits"]:
-            verify_folder_manifest(path, fold_key(config, model, fitted, Path(path).name, ctx.hidden), "trained fold",
+            verify_folder_manifest(path, fold_key(config, model, fitted_run, Path(path).name, ctx.hidden), "trained fold",
                                    unchecked=() if same_states else ("hidden",))
         ctx.block_fits = {_block_of(path): Path(path) for path in inputs["block_fits"]}
     if "teacher" in spec.requires:
@@ -297,19 +302,20 @@ def _context(config: dict, model: str, variant: str, base_dir: str, inputs: dict
     return spec.build(params), ctx
 
 
-def fold_key(config: dict, model: str, variant: str, block: str, hidden) -> dict:
-    """What a trained fold depends on: the fitting variant's settings and the hidden states it was fitted to."""
+def fold_key(config: dict, model: str, run: str, block: str, hidden) -> dict:
+    """What a trained fold depends on: the fitting run's settings and seed, and the hidden states it was fitted to."""
     from kdp.io import sha256_json
     from kdp.provenance import package_versions
-    from kdp.registry import resolve_params
+    from kdp.registry import resolve_params, split_run
 
+    variant, seed = split_run(config, run)
     return {
         "model": model,
-        "variant": variant,
+        "variant": run,
         "block": block,
         "params_sha256": sha256_json(resolve_params(config, variant, model)[1]),
         "hidden": hidden.manifest["key"] if hidden is not None else None,
-        "seed": config["seed"],
+        "seed": seed,
         "code_version": package_versions()["kdp-bench"],
     }
 
@@ -322,10 +328,13 @@ def _block_of(path: str):
 
 def fit_block(config: dict, model: str, variant: str, block: str, base_dir: str, inputs: dict[str, Any],
               out_dir: str) -> None:
+    """``variant``: the run (see above)."""
+    from kdp.registry import split_run
     from kdp.selection import Block
 
-    _seed_everything(config["seed"])
-    method, ctx = _context(config, model, variant, base_dir, inputs)
+    run, (variant, seed) = variant, split_run(config, variant)
+    _seed_everything(seed)
+    method, ctx = _context(config, model, run, base_dir, inputs)
     samples = ctx.hidden.shape[0]
     if samples < 2:  # a block fit holds samples out to measure its reconstruction, so it needs two at least
         raise UserError(f"config key calibration.{method.params['calibration']}: {samples} sample(s) to fit block "
@@ -334,16 +343,20 @@ def fit_block(config: dict, model: str, variant: str, block: str, base_dir: str,
     with atomic_path(out_dir, directory=True) as tmp:
         record = method.fit_block(ctx, Block.from_tag(block), tmp)
         record["seconds"] = time.perf_counter() - started
-        record["provenance"] = provenance(config, config["seed"], model=model, variant=variant, block=block)
+        record["provenance"] = provenance(config, seed, model=model, variant=variant, block=block)
         write_json(tmp / "record.json", record)
-        write_folder_manifest(tmp, fold_key(config, model, variant, block, ctx.hidden))
+        write_folder_manifest(tmp, fold_key(config, model, run, block, ctx.hidden))
 
 
 def prune(config: dict, model: str, variant: str, base_dir: str, inputs: dict[str, Any], out_dir: str) -> None:
+    """``variant``: the run (see above); the record names the variant and the seed it was built with."""
     from dataclasses import asdict
 
-    _seed_everything(config["seed"])
-    method, ctx = _context(config, model, variant, base_dir, inputs)
+    from kdp.registry import split_run
+
+    run, (variant, seed) = variant, split_run(config, variant)
+    _seed_everything(seed)
+    method, ctx = _context(config, model, run, base_dir, inputs)
     dense_parameters = ctx.adapter.parameter_count()
     started = time.perf_counter()
     result = method.prune(ctx)
@@ -352,6 +365,7 @@ def prune(config: dict, model: str, variant: str, base_dir: str, inputs: dict[st
     record = {
         "model": model,
         "variant": variant,
+        "seed": seed,
         "method": method.name,
         "params": method.params,
         "dense_parameters": dense_parameters,
@@ -360,13 +374,13 @@ def prune(config: dict, model: str, variant: str, base_dir: str, inputs: dict[st
         "num_layers": ctx.adapter.num_layers,
         "seconds": seconds,
         **asdict(result),
-        "provenance": provenance(config, config["seed"], model=model, variant=variant),
+        "provenance": provenance(config, seed, model=model, variant=variant),
     }
     if method.name == "dense":
         models.save_dense_pointer(Path(base_dir), Path(out_dir), record)
     else:
         models.save_variant(ctx.model, ctx.tokenizer, Path(out_dir), record)
-    log.info("%s/%s: %d -> %d parameters (ratio %.4f) in %.1fs", model, variant, dense_parameters,
+    log.info("%s/%s: %d -> %d parameters (ratio %.4f) in %.1fs", model, run, dense_parameters,
              pruned_parameters, record["ratio"], seconds)
 
 
@@ -381,10 +395,14 @@ def build_tasks(config: dict, out_dir: str) -> None:
 
 def evaluate(config: dict, model: str, variant: str, variant_dir: str, tasks_dir: str, out_json: str,
              assets: list[str] = ()) -> None:
-    """``assets``: the prefetch record of the suite's hub datasets, which lm-eval then loads offline."""
+    """``variant``: the run; ``assets``: the prefetch record of the suite's hub datasets, which lm-eval then loads
+    offline. Every seed's run is evaluated with the base seed, on the same items and few-shot draws, so tables can
+    average item scores across seeds (the record names the variant and the seed the run was built with)."""
     from kdp.evaluation import evaluate as run_benchmarks
     from kdp.prefetch import require_evaluation
+    from kdp.registry import split_run
 
+    variant, built_with = split_run(config, variant)
     for record in assets:
         require_evaluation(record)
     _seed_everything(config["seed"])
@@ -400,6 +418,7 @@ def evaluate(config: dict, model: str, variant: str, variant_dir: str, tasks_dir
     write_json(out_json, {
         "model": model,
         "variant": variant,
+        "seed": built_with,
         "ratio": record["ratio"],
         "parameters": record["parameters"],
         "seconds": time.perf_counter() - started,

@@ -19,8 +19,13 @@ resampled with the same draw per benchmark (`kdp.statistics`), so RP and differe
 tables add, per row, the paired difference of its Avg from w/o Kernel (the row of method ``drop_blocks``) and from
 the best baseline (the highest Avg among the model's rows whose method is neither ``dense`` nor ``kdp``), with a
 bootstrap p-value and Holm's correction over the table's rows of each comparison (``kind`` paired_difference;
-``significant`` when the Holm-adjusted p-value is below 5%); LaTeX marks the Avg of such rows. A cell may hold
-several evaluations of one variant (e.g. one per seed): its value and replicates are their means.
+``significant`` when the Holm-adjusted p-value is below 5%); LaTeX marks the Avg of such rows.
+
+Seeds (docs/statistics.md): a stochastic variant is built and evaluated once per configured seed, on the same
+items. Its cell value and bootstrap replicates are the means over its seeds; ``seeds`` counts them and
+``seed_sd``, ``seed_min``, ``seed_max`` give the spread of the per-seed values (of a cell, or of Avg, RP and kin
+computed seed by seed against the deterministic rows); LaTeX adds ``σ`` and the standard deviation to a row of
+several seeds.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from kdp.config import model_label, variant_label
 from kdp.errors import UserError
 from kdp.provenance import provenance
 
-TABLE_VERSION = 3
+TABLE_VERSION = 4
 DENSE_METHOD = "dense"
 KDP_METHOD = "kdp"
 WITHOUT_KERNEL_METHOD = "drop_blocks"
@@ -64,6 +69,7 @@ def render_results_table(config: dict, name: str, evals: Sequence[dict],
         for row in rows:
             row["pruned_layers"] = pruned_layers(records[(row["model"], row["variant"])])
     summary = _summaries(config, spec, rows)
+    spread = _seed_spread(config, spec, rows)
     replicates = _cell_replicates(config, name, cells, rows)
     for row in rows:
         drawn = replicates.get((row["model"], row["variant"], row["benchmark"]))
@@ -72,8 +78,8 @@ def render_results_table(config: dict, name: str, evals: Sequence[dict],
     summary_ci = {key: {k: statistics.interval(v) for k, v in values.items()} for key, values in resampled.items()}
     comparisons = _comparisons(config, spec, summary, resampled)
     header = _header(config, name, spec)
-    return (header + _csv(rows, summary, summary_ci, comparisons),
-            _latex(config, name, spec, rows, summary, summary_ci, comparisons))
+    return (header + _csv(rows, summary, summary_ci, spread, comparisons),
+            _latex(config, name, spec, rows, summary, summary_ci, spread, comparisons))
 
 
 def _evaluations_per_cell(spec: dict, evals: Sequence[dict]) -> dict[tuple[str, str], list[dict]]:
@@ -81,6 +87,11 @@ def _evaluations_per_cell(spec: dict, evals: Sequence[dict]) -> dict[tuple[str, 
     cells: dict[tuple[str, str], list[dict]] = {}
     for result in evals:
         cells.setdefault((result["model"], result["variant"]), []).append(result)
+    for (model, variant), results in cells.items():
+        seeds = [r["seed"] for r in results if "seed" in r]
+        if len(set(seeds)) < len(seeds):
+            raise UserError(f"table evaluations of {model}/{variant}: seeds {seeds} repeat; allowed: one evaluation "
+                            "per seed")
     missing = [f"{m}/{v}" for m in spec["models"] for v in spec["variants"] if (m, v) not in cells]
     if missing:
         raise KeyError(f"no evaluation of {', '.join(missing)} was given to table {spec}")
@@ -104,8 +115,29 @@ def _tidy_rows(config: dict, spec: dict, cells: dict[tuple[str, str], list[dict]
                     "kind": score["kind"], "value": float(np.mean([s["value"] for s in scores])),
                     "stderr": score.get("stderr") if len(scores) == 1 else None,
                     "chance": score.get("chance"), "n": score.get("n"),
+                    "seed_values": np.array([s["value"] for s in scores]),
                 })
     return rows
+
+
+def _seed_spread(config: dict, spec: dict, rows: list[dict]) -> dict[tuple[str, ...], np.ndarray]:
+    """Per-seed values of every cell (model, variant, benchmark) and summary (model, variant, name): Avg, RP and
+    their kin are computed seed by seed (seed k of a row against seed k of a stochastic reference, or against the
+    single build of a deterministic one), so a summary has as many values as the most seeded row it involves."""
+    per_seed = _summaries(config, spec, [{**r, "value": r["seed_values"]} for r in rows])
+    values = {(r["model"], r["variant"], r["benchmark"]): r["seed_values"] for r in rows}
+    values.update({(*key, name): np.atleast_1d(value) for key, named in per_seed.items() for name, value in named.items()})
+    return values
+
+
+def seed_columns(values: np.ndarray | None) -> dict[str, Any]:
+    """The CSV's spread columns of one cell or summary: count, and SD (n-1), min, max when there are several."""
+    if values is None:
+        return {}
+    several = len(values) > 1
+    return {"seeds": len(values), "seed_sd": float(np.std(values, ddof=1)) if several else None,
+            "seed_min": float(np.min(values)) if several else None,
+            "seed_max": float(np.max(values)) if several else None}
 
 
 # -- intervals and paired comparisons ------------------------------------------------------------------------------
@@ -241,10 +273,11 @@ def _header(config: dict, name: str, spec: dict) -> str:
 
 
 CSV_FIELDS = ["model", "variant", "label", "ratio", "benchmark", "column", "kind", "value", "stderr", "chance", "n",
-              "ci_low", "ci_high", "reference", "p_value", "p_holm", "significant"]
+              "seeds", "seed_sd", "seed_min", "seed_max", "ci_low", "ci_high", "reference", "p_value", "p_holm",
+              "significant"]
 
 
-def _csv(rows: list[dict], summary: dict, summary_ci: dict, comparisons: list[dict]) -> str:
+def _csv(rows: list[dict], summary: dict, summary_ci: dict, spread: dict, comparisons: list[dict]) -> str:
     fields = list(CSV_FIELDS)
     if rows and "pruned_layers" in rows[0]:
         fields.insert(4, "pruned_layers")
@@ -253,17 +286,17 @@ def _csv(rows: list[dict], summary: dict, summary_ci: dict, comparisons: list[di
         first.setdefault((row["model"], row["variant"]), row)
     lines = [",".join(fields)]
     for row in rows:
-        lines.append(_csv_line(fields, row))
+        lines.append(_csv_line(fields, {**row, **seed_columns(spread[(row["model"], row["variant"], row["benchmark"])])}))
     for key, values in summary.items():
         for name, value in values.items():
             lines.append(_csv_line(fields, {**first[key], "benchmark": name, "column": name, "kind": "summary",
                                             "value": value, "ci": summary_ci.get(key, {}).get(name), "stderr": None,
-                                            "chance": None, "n": None}))
+                                            "chance": None, "n": None, **seed_columns(spread.get((*key, name)))}))
     for entry in comparisons:
         name = f"Avg - {entry['comparison']}"
         lines.append(_csv_line(fields, {**first[(entry["model"], entry["variant"])], **entry, "benchmark": name,
                                         "column": name, "kind": "paired_difference", "stderr": None, "chance": None,
-                                        "n": None}))
+                                        "n": None, "seeds": None}))
     return "\n".join(lines) + "\n"
 
 
@@ -289,7 +322,7 @@ def latex_escape(text: str) -> str:
     return "".join(replacements.get(ch, ch) for ch in text)
 
 
-def _latex(config: dict, name: str, spec: dict, rows: list[dict], summary: dict, summary_ci: dict,
+def _latex(config: dict, name: str, spec: dict, rows: list[dict], summary: dict, summary_ci: dict, spread: dict,
            comparisons: list[dict]) -> str:
     columns = list(dict.fromkeys(r["column"] for r in rows))
     chance = {r["column"]: r["chance"] for r in rows}
@@ -321,15 +354,18 @@ def _latex(config: dict, name: str, spec: dict, rows: list[dict], summary: dict,
                 continue
             first = next(iter(cells.values()))
             values = [f"{100 * first['ratio']:.1f}\\%", *([first["pruned_layers"]] if layers else [])]
-            values += [_with_interval(cells[c]["value"], cells[c]["ci"]) if c in cells else "-" for c in columns]
+            values += [_with_interval(cells[c]["value"], cells[c]["ci"])
+                       + _seed_mark(spread[(model, variant, cells[c]["benchmark"])]) if c in cells else "-"
+                       for c in columns]
             values += [_with_interval(summary[(model, variant)].get(k), summary_ci.get((model, variant), {}).get(k))
+                       + _seed_mark(spread.get((model, variant, k)))
                        + (_marks(comparisons, model, variant) if k == "Avg" else "") for k in summary_keys]
             lines.append(" & ".join([latex_escape(model_label(config, model)), latex_escape(first["label"]), *values])
                          + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     note = "; ".join(f"{latex_escape(c)}: chance {fmt(chance[c])}, {counts[c]} items"
                      for c in columns if chance.get(c) is not None)
-    note = ". ".join(part for part in (note, _interval_note(config, rows, comparisons)) if part)
+    note = ". ".join(part for part in (note, _interval_note(config, rows, comparisons), _seed_note(rows)) if part)
     if note:
         lines.append(f"\\par\\smallskip\\footnotesize {note}")
     lines.append(r"\end{table}")
@@ -342,6 +378,22 @@ def _with_interval(value: float | None, ci: tuple[float, float] | None) -> str:
         return fmt(value)
     width = statistics.half_width(*ci)
     return f"{fmt(value)}{{\\scriptsize$\\pm${width:.{1 if width < 100 else 0}f}}}"
+
+
+def _seed_mark(values: np.ndarray | None) -> str:
+    """``{\\scriptsize$\\sigma$0.8}``: the standard deviation across seeds of a value built with several."""
+    if values is None or len(values) < 2:
+        return ""
+    sd = float(np.std(values, ddof=1))
+    return f"{{\\scriptsize$\\sigma${sd:.{1 if sd < 100 else 0}f}}}"
+
+
+def _seed_note(rows: list[dict]) -> str:
+    counts = sorted({len(r["seed_values"]) for r in rows} - {1})
+    if not counts:
+        return ""
+    return (f"Rows built with {' or '.join(map(str, counts))} seeds print the mean over seeds; $\\sigma$: the "
+            "standard deviation across seeds (n-1; min and max in the CSV); deterministic rows are built once")
 
 
 MARKS = {COMPARISONS[0]: "k", COMPARISONS[1]: "b"}

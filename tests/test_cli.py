@@ -55,6 +55,11 @@ def test_variants_and_a_resolved_variant_of_the_paper_profile():
     assert shown["method"] == "kdp" and shown["model"] == "opt-2.7b" and shown["target_ratio"] == 0.25
     assert shown["params"]["finetune"] is True and shown["params"]["reuse_fits_of"] == "kdp"
     assert shown["params"]["peft"]["kd_weight"] == 0.5  # a spec default, under the config's values
+    assert shown["runs"] == {"kdp_peft": 0}  # the paper profile: one seed
+
+    # the embedded default: seeds [0, 1] for a stochastic variant, one build of a deterministic one
+    assert json.loads(kdp_bench("show", "kdp_peft").stdout)["runs"] == {"kdp_peft": 0, "kdp_peft~s1": 1}
+    assert json.loads(kdp_bench("show", "slicegpt").stdout)["runs"] == {"slicegpt": 0}
 
 
 @pytest.mark.parametrize("args,message", [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,15 @@ def test_paper_profile_plans_every_model_and_table():
         assert f"results/models/{model}/base" in out
     for table in ("table1", "table2", "table6", "table7"):
         assert f"results/{table}.tex" in out
+
+
+def test_dry_run_plans_a_stochastic_variant_per_seed_and_a_deterministic_one_once():
+    result = snakemake("-n", "results/table1.tex")  # the embedded default: seeds [0, 1]
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    for model in ("smollm2-135m", "opt-kjv"):
+        assert f"results/eval/{model}/kdp~s1.json" in out and f"results/models/{model}/kdp~s1" in out
+        assert f"results/eval/{model}/shortgpt.json" in out and "shortgpt~s" not in out
 
 
 @pytest.mark.parametrize("override,message", [
@@ -90,6 +100,18 @@ def test_micro_dag_runs_end_to_end(tmp_path):
     tests = table1[table1["kind"] == "paired_difference"]
     assert set(tests["benchmark"]) == {"Avg - w/o Kernel", "Avg - best baseline"} and tests["p_holm"].notna().all()
     assert r"{\scriptsize$\pm$" in (workdir / "results" / "table1.tex").read_text()
+    # seeds [0, 1]: KDP's rows average two builds whose folds differ; deterministic rows are built once
+    built = table1[table1["kind"] != "paired_difference"]
+    seeds = built.groupby(["variant", "benchmark"])[["seeds", "seed_sd"]].first()
+    assert (seeds.loc["kdp", "seeds"] == 2).all() and seeds.loc[("kdp", "Avg"), "seed_sd"] >= 0
+    assert (seeds.loc["wo_kernel", "seeds"] == 1).all() and seeds.loc["wo_kernel", "seed_sd"].isna().all()
+    assert r"{\scriptsize$\sigma$" in (workdir / "results" / "table1.tex").read_text()
+    results = workdir / "results"
+    assert json.loads((results / "eval" / "micro-llama" / "kdp~s1.json").read_text())["seed"] == 1
+    assert not (results / "models" / "micro-llama" / "wo_kernel~s1").exists()
+    block = sorted(path.name for path in (results / "kdp" / "micro-llama" / "kdp").glob("block_*"))[0]
+    folds = [(results / "kdp" / "micro-llama" / run / block / "fold.safetensors").read_bytes() for run in ("kdp", "kdp~s1")]
+    assert folds[0] != folds[1]
     for name in ("table2", "table3"):
         cells = pd.read_csv(workdir / "results" / f"{name}.csv", comment="#")
         assert cells.loc[cells["kind"] != "paired_difference", ["ci_low", "ci_high"]].notna().all().all(), name

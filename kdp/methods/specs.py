@@ -45,4 +45,7 @@ KDP = MethodSpec(
         "reuse_fits_of": None,  # another variant whose block fits this one uses unchanged
     },
     nested_keys={"selection": SELECTION_KEYS, "fit": KDP_FIT_KEYS},
+    # Z, V, b and the inverse network's init, the held-out split (which also decides the OLS folds' training
+    # samples), the training order, and the PEFT recovery.
+    stochastic=True,
 )

@@ -15,7 +15,7 @@ from kdp.prefetch import (
     calibration_set_sources,
     hub_models,
 )
-from kdp.registry import resolve_params
+from kdp.registry import resolve_params, seeded_run, split_run, variant_runs
 
 try:
     # One clear line for a bad config (the key, the value, what is allowed) before Snakemake's own validation.
@@ -28,6 +28,9 @@ validate(config, "../schemas/config.schema.yaml")
 
 MODELS = list(config["models"])
 VARIANTS = list(config["variants"])
+# A stochastic variant is built once per entry of `seeds`: the first seed under the variant's name, each further
+# seed s as the run `{variant}~s{s}` through fit_block, prune and evaluate (kdp.registry.variant_runs).
+RUNS = list(dict.fromkeys(run for v in VARIANTS for m in MODELS for run, _ in variant_runs(config, v, m)))
 CAPTURE_CALIBRATION = config["capture"]["calibration"]
 # Every report rule file adds its final outputs here; `rule all` builds them all.
 FINAL_TARGETS = []
@@ -35,7 +38,7 @@ FINAL_TARGETS = []
 
 wildcard_constraints:
     model="|".join(MODELS),
-    variant="|".join(VARIANTS),
+    variant="|".join(RUNS),
     calibration="|".join(config["calibration"]),
     block=r"block_\d+_\d+",
 
@@ -68,9 +71,12 @@ def similarity_settings(wildcards):
 def variant_settings(wildcards):
     from kdp.registry import variant_target_ratio
 
+    variant, seed = split_run(config, wildcards.variant)
     _, params = method_of(wildcards.variant, wildcards.model)
-    ratio = variant_target_ratio(config, wildcards.variant)
-    return _digest(config["runtime"], config["selection"], ratio, params)
+    ratio = variant_target_ratio(config, variant)
+    # `seed` is in every digest already; a run with another seed adds its own (today's digests stay as they were)
+    own_seed = [] if seed == config["seed"] else [seed]
+    return _digest(config["runtime"], config["selection"], ratio, params, *own_seed)
 
 
 def tasks_settings(wildcards):
@@ -78,7 +84,7 @@ def tasks_settings(wildcards):
 
 
 def evaluation_settings(wildcards):
-    benchmarks = config["variants"][wildcards.variant].get("benchmarks")
+    benchmarks = config["variants"][split_run(config, wildcards.variant)[0]].get("benchmarks")
     return _digest(config["runtime"], config["evaluation"], benchmarks)
 
 
@@ -89,8 +95,8 @@ def table_settings(wildcards):
     return _digest(spec, labels, [config["variants"][v] for v in spec["variants"]])
 
 
-def method_of(variant, model):
-    cls, params = resolve_params(config, variant, model)
+def method_of(run, model):
+    cls, params = resolve_params(config, split_run(config, run)[0], model)
     return cls, params
 
 
@@ -104,9 +110,11 @@ def hidden_dir(model, calibration):
 
 def method_inputs(wildcards, with_fits=True):
     """The files a variant's method consumes, from what its class declares in ``requires``."""
+    variant, seed = split_run(config, wildcards.variant)
     cls, params = method_of(wildcards.variant, wildcards.model)
-    # A variant may reuse another variant's blocks and per-block fits (e.g. KDP+PEFT reuses KDP's folds).
-    fitted = params.get("reuse_fits_of") or wildcards.variant
+    # A variant may reuse another variant's blocks and per-block fits (e.g. KDP+PEFT reuses KDP's folds, seed by
+    # seed). The block choice draws nothing at random, so every seed's run shares the variant's.
+    fitted = params.get("reuse_fits_of") or variant
     inputs = {"base": f"results/models/{wildcards.model}/base"}
     if "calibration" in cls.requires or "hidden_states" in cls.requires:
         inputs["calibration"] = calibration_file(wildcards.model, params["calibration"])
@@ -115,7 +123,7 @@ def method_inputs(wildcards, with_fits=True):
     if "blocks" in cls.requires or "block_fits" in cls.requires:
         inputs["blocks"] = f"results/blocks/{wildcards.model}/{fitted}.json"
     if with_fits and cls.fits_blocks:
-        inputs["block_fits"] = block_fit_dirs(wildcards.model, fitted)
+        inputs["block_fits"] = block_fit_dirs(wildcards.model, fitted, seeded_run(config, fitted, seed))
     return inputs
 
 
@@ -123,11 +131,12 @@ def fit_inputs(wildcards):
     return method_inputs(wildcards, with_fits=False)
 
 
-def block_fit_dirs(model, variant):
+def block_fit_dirs(model, variant, run=None):
+    """The block fits of a variant's run (default: its first seed's), one per block the variant chose."""
     from kdp.selection import read_blocks
 
     blocks_json = checkpoints.select_blocks.get(model=model, variant=variant).output[0]
-    return [f"results/kdp/{model}/{variant}/{block.tag}" for block in read_blocks(blocks_json)]
+    return [f"results/kdp/{model}/{run or variant}/{block.tag}" for block in read_blocks(blocks_json)]
 
 
 def table_inputs(wildcards):
