@@ -32,6 +32,7 @@ import pandas as pd
 from kdp import audit, flops
 from kdp.audit import CONSISTENT, INCONSISTENT, NOT_CHECKABLE, QUESTIONABLE, ClaimsTables, Tolerance
 from kdp.io import atomic_path, sha256_file, write_text
+from kdp.provenance import provenance_header
 from kdp.tables import latex_escape
 
 AUDIT_OUTPUT_VERSION = 1
@@ -415,9 +416,7 @@ def _figures_section(figures: Mapping[str, str]) -> list[str]:
 
 
 def _provenance_lines(config: dict, claims_dir: str | Path) -> list[str]:
-    from kdp.steps import _provenance_header
-
-    header = _provenance_header(config, audit_version=AUDIT_OUTPUT_VERSION, claims=claims_fingerprint(claims_dir))
+    header = provenance_header(config, audit_version=AUDIT_OUTPUT_VERSION, claims=claims_fingerprint(claims_dir))
     return [line.removeprefix("# ") for line in header.splitlines()]
 
 

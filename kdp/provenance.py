@@ -5,6 +5,7 @@ Nothing here depends on the clock, so two runs of the same config on the same ch
 
 from __future__ import annotations
 
+import json
 import subprocess
 from functools import lru_cache
 from importlib import metadata
@@ -57,3 +58,10 @@ def provenance(config: dict[str, Any] | None = None, seed: int | None = None, **
         record["seed"] = seed
     record.update(extra)
     return record
+
+
+def provenance_header(config: dict[str, Any], marker: str = "#", **extra: Any) -> str:
+    """The provenance lines that open every text result: ``<marker> key: <JSON value>``, one per entry, ``#`` for
+    CSV and Markdown-embedded records, ``%`` for LaTeX; the config's seed is recorded."""
+    record = provenance(config, config["seed"], **extra)
+    return "".join(f"{marker} {key}: {json.dumps(value, sort_keys=True)}\n" for key, value in record.items())

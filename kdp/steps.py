@@ -6,7 +6,6 @@ every step can also run from tests or the ``kdp-bench`` command line.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -21,7 +20,7 @@ from kdp import models
 from kdp.adapters import adapter_for
 from kdp.errors import UserError
 from kdp.io import atomic_path, read_json, verify_folder_manifest, write_folder_manifest, write_json, write_text
-from kdp.provenance import provenance
+from kdp.provenance import provenance, provenance_header
 from kdp.selection import read_blocks
 
 log = logging.getLogger("kdp")
@@ -192,7 +191,7 @@ def similarity(config: dict, model: str, calibration_name: str, base_dir: str, c
     rows = ["state_i,state_j,cosine,cka"]
     size = matrices["cka"].shape[0]
     rows += [f"{i},{j},{matrices['cosine'][i, j]:.6f},{matrices['cka'][i, j]:.6f}" for i in range(size) for j in range(size)]
-    write_text(out_csv, _provenance_header(config, model=model) + "\n".join(rows) + "\n")
+    write_text(out_csv, provenance_header(config, model=model) + "\n".join(rows) + "\n")
 
 
 def parameter_counts(config: dict, base_dir: str) -> dict:
@@ -429,18 +428,3 @@ def evaluate(config: dict, model: str, variant: str, variant_dir: str, tasks_dir
 
 def variant_benchmarks(config: dict, variant: str) -> list[str]:
     return config["variants"][variant].get("benchmarks", config["evaluation"]["benchmarks"])
-
-
-# -- tables --------------------------------------------------------------------------------------------------------
-def table(config: dict, name: str, eval_files: list[str], out_csv: str, out_tex: str) -> None:
-    from kdp.tables import render_results_table
-
-    evals = [read_json(path) for path in eval_files]
-    csv_text, tex_text = render_results_table(config, name, evals)
-    write_text(out_csv, csv_text)
-    write_text(out_tex, tex_text)
-
-
-def _provenance_header(config: dict, **extra: Any) -> str:
-    record = provenance(config, config["seed"], **extra)
-    return "".join(f"# {key}: {json.dumps(value, sort_keys=True)}\n" for key, value in record.items())

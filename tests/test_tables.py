@@ -426,3 +426,13 @@ def test_rerender_is_byte_identical(embedded, tmp_path):
     assert outputs[0] == outputs[1] and b"# git_commit" in outputs[0][0]
     paper = load(REPO / "config" / "paper.yaml")
     assert table_kinds.render(paper, "table12", {}) == table_kinds.render(paper, "table12", {})
+
+
+def test_csv_text_quotes_commas_quotes_and_newlines_so_pandas_reads_them_back():
+    from kdp.tables import csv_text
+
+    rows = [{"label": 'KDP "fold", 2 blocks', "note": "line one\nline two", "value": 1 / 3, "n": 7, "empty": None}]
+    text = csv_text(["label", "note", "value", "n", "empty"], rows)
+    back = pd.read_csv(io.StringIO(text), keep_default_na=False)
+    assert back.loc[0, "label"] == 'KDP "fold", 2 blocks' and back.loc[0, "note"] == "line one\nline two"
+    assert text.endswith(",0.333333,7,\n")  # floats to 6 significant digits, None as an empty field

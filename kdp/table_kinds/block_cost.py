@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from kdp import flops
 from kdp.registry import resolve_params
-from kdp.table_kinds.common import csv_text, header, latex_table, model_config_label
-from kdp.tables import fmt
+from kdp.table_kinds.common import header, latex_table, model_config_label
+from kdp.tables import csv_text, fmt
 
 DEFAULT_K = (2, 3)
 FORMULA = ("Transformer Block = k dense decoder layers; FLOPs in G, Params in M; counting conventions in the "

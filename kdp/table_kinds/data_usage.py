@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from kdp.config import variant_label
 from kdp.registry import resolve_params
-from kdp.table_kinds.common import csv_text, grouped, header, latex_table, model_config_label
+from kdp.table_kinds.common import grouped, header, latex_table, model_config_label
+from kdp.tables import csv_text
 
 FORMULA = "Total Sample = sum over purposes of the samples the variant's method recorded (kdp_variant.json samples)"
 

@@ -8,9 +8,10 @@ separates blocks at all.
 
 from __future__ import annotations
 
-from kdp.registry import resolve_params
-from kdp.table_kinds.common import csv_text, grouped, header, latex_table, model_config_label
 from kdp.config import variant_label
+from kdp.registry import resolve_params
+from kdp.table_kinds.common import grouped, header, latex_table, model_config_label
+from kdp.tables import csv_text
 
 FORMULA = ("Pruning Ratio = 1 - parameters(variant) / parameters(dense); Pruned Layers = [first,last] of each "
            "replaced block, dense-model indices, inclusive")

@@ -8,8 +8,8 @@ in one job on the same token ids; latency at batch 1, throughput at a larger bat
 from __future__ import annotations
 
 from kdp.config import variant_label
-from kdp.table_kinds.common import csv_text, grouped, header, latex_table, model_config_label
-from kdp.tables import fmt
+from kdp.table_kinds.common import grouped, header, latex_table, model_config_label
+from kdp.tables import csv_text, fmt
 
 FORMULA = ("FLOPs = Linear MACs at 128 tokens, LM head included (kdp.flops.PAPER_CONVENTION); Change = "
            "(1 - FLOPs/FLOPs(dense)) * 100; SpeedUp = FLOPs(dense)/FLOPs; measured = median dense time / median "
