@@ -36,12 +36,13 @@ from baselines.slicegpt import SliceShapes, official_width, solve_width
 from kdp.adapters import adapter_for
 from kdp.calibration import CalibrationSet, build
 from kdp.config import load as load_config
+from kdp.experiment import resolve_run
 from kdp.finetune import validation_perplexity
 from kdp.io import write_json
 from kdp.layer_scoring import calibration_inputs
 from kdp.models import load_base
 from kdp.provenance import provenance
-from kdp.registry import PruneContext, resolve_params, variant_target_ratio
+from kdp.registry import PruneContext
 
 
 class Bench:
@@ -64,13 +65,13 @@ class Bench:
 
     def prune(self, variant: str, calibration: CalibrationSet | None = None, **overrides) -> dict:
         """Prune a fresh base model as the workflow would, with ``overrides`` on the variant's parameters."""
-        spec, params = resolve_params(self.config, variant, self.model)
-        params = {**copy.deepcopy(params), **overrides}
+        run = resolve_run(self.config, self.model, variant)
+        spec, params = run.spec, {**copy.deepcopy(run.params), **overrides}
         network, tokenizer = load_base(self.base)
         adapter = adapter_for(network)
         dense = adapter.parameter_count()
         ctx = PruneContext(model=network, adapter=adapter, tokenizer=tokenizer, params=params,
-                           target_ratio=variant_target_ratio(self.config, variant), seed=self.config["seed"],
+                           target_ratio=run.target_ratio, seed=self.config["seed"],
                            device=next(network.parameters()).device, model_name=self.model,
                            calibration=calibration or self.calibration(params["calibration"]))
         started = time.perf_counter()
@@ -132,8 +133,9 @@ def slicegpt(bench: Bench) -> dict:
     network, _ = load_base(bench.base)
     adapter = adapter_for(network)
     shapes, dense = SliceShapes.of(adapter), adapter.parameter_count()
-    _, params = resolve_params(bench.config, "slicegpt", bench.model)
-    interval, target = int(params["round_interval"]), variant_target_ratio(bench.config, "slicegpt")
+    resolved = resolve_run(bench.config, bench.model, "slicegpt")
+    params, target = resolved.params, resolved.target_ratio
+    interval = int(params["round_interval"])
     widths = {"slicing_0.25": official_width(adapter.hidden_size, 0.25, interval),
               "matched": solve_width(shapes, dense, target, interval)}
     readings = {name: {"width": width, "slicing": 1 - width / adapter.hidden_size,

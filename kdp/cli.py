@@ -101,17 +101,18 @@ def list_variants(args: argparse.Namespace) -> None:
 
 def show_variant(args: argparse.Namespace) -> None:
     from kdp.errors import bad_value
-    from kdp.registry import resolve_params, variant_runs, variant_target_ratio
+    from kdp.experiment import variant_runs
 
     config = _config(args.config)
     if args.variant not in config["variants"]:
         raise bad_value(f"variant (config {args.config})", args.variant, list(config["variants"]))
     if args.model is not None and args.model not in config["models"]:
         raise bad_value(f"--model (config {args.config})", args.model, list(config["models"]))
-    spec, params = resolve_params(config, args.variant, args.model)
-    shown = {"variant": args.variant, "method": spec.name, "model": args.model,
-             "target_ratio": variant_target_ratio(config, args.variant), "requires": sorted(spec.requires),
-             "params": params, "runs": dict(variant_runs(config, args.variant, args.model))}
+    runs = variant_runs(config, args.model, args.variant)
+    first = runs[0]
+    shown = {"variant": args.variant, "method": first.spec.name, "model": args.model,
+             "target_ratio": first.target_ratio, "requires": sorted(first.spec.requires), "params": first.params,
+             "runs": {run.name: run.seed for run in runs}}
     print(json.dumps(shown, indent=2, sort_keys=True))
 
 

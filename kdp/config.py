@@ -32,7 +32,16 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def validate(config: dict[str, Any]) -> dict[str, Any]:
-    """Return a copy with schema defaults filled in; raise `UserError` on the first problem."""
+    """Return a copy with schema defaults filled in; raise `UserError` on the first problem, every variant's
+    hyperparameters on every model included (by resolving the experiment, `kdp.experiment`)."""
+    from kdp.experiment import Experiment
+
+    return Experiment.from_config(config).config
+
+
+def check(config: dict[str, Any]) -> dict[str, Any]:
+    """The schema (a copy with its defaults filled in) and the checks across keys; the methods' hyperparameters are
+    checked where `kdp.experiment` resolves them."""
     config = copy.deepcopy(config)
     schema = load_schema()
     validator = jsonschema.Draft202012Validator(schema)
@@ -102,7 +111,7 @@ def _resolve(ref: str, root: dict) -> dict:
 
 
 def _check_semantics(config: dict[str, Any]) -> None:
-    from kdp.registry import import_method_modules, method_spec, resolve_params
+    from kdp.registry import import_method_modules, method_spec
     from kdp.tasks import check_benchmarks
 
     for name, spec in config["models"].items():
@@ -110,14 +119,6 @@ def _check_semantics(config: dict[str, Any]) -> None:
     import_method_modules(config.get("method_modules", []))
     for variant, entry in config["variants"].items():
         method_spec(entry["method"], f"config key variants.{variant}.method")
-        for model in config["models"]:
-            _, params = resolve_params(config, variant, model)
-            reused = params.get("reuse_fits_of")
-            if reused is not None and (reused not in config["variants"] or
-                                       config["variants"][reused]["method"] != entry["method"]):
-                raise UserError(f"config key variants.{variant}.reuse_fits_of: {reused!r} is not a variant of method "
-                                f"{entry['method']!r}; allowed: " + ", ".join(
-                                    v for v, e in config["variants"].items() if e["method"] == entry["method"]))
     if "base" in config["variants"]:
         raise UserError("config key variants.base: 'base' is reserved for the unpruned base model; allowed: any other name")
     calibration = config["capture"]["calibration"]

@@ -4,7 +4,7 @@
 A method declares what it consumes (``requires``), whether it is fitted per block in separate jobs
 (``fits_blocks``), its hyperparameters with their defaults (``defaults``) and whether its result depends on a random
 draw (``stochastic``: a bool, or a function of the resolved hyperparameters): a `MethodSpec`. A stochastic variant is
-built once per configured seed (`variant_runs`), a deterministic one once. The workflow turns
+built once per configured seed (`kdp.experiment`), a deterministic one once. The workflow turns
 ``requires`` into input files and checks every configured key against ``defaults`` before any job runs, without
 importing the method's module, so parsing the Snakefile needs neither torch nor any method's code.
 
@@ -56,9 +56,6 @@ BUILTIN_METHODS: dict[str, str] = {
 ENTRY_POINT_GROUP = "kdp_bench.methods"
 
 _DECLARED = ("requires", "fits_blocks", "defaults", "stochastic")
-
-#: A further seed's build of a variant is the run ``{variant}~s{seed}``; the first seed keeps the variant's own name.
-SEED_MARK = "~s"
 
 
 @dataclass(frozen=True)
@@ -243,36 +240,6 @@ def _check_nested(spec: MethodSpec, key: str, value: Any, where: str) -> None:
     if allowed and unknown:
         raise UserError(f"{where}.{unknown[0]}: unknown key of {key!r} for method {spec.name!r}; "
                         f"allowed: {', '.join(sorted(allowed))}")
-
-
-def variant_target_ratio(config: dict[str, Any], variant: str) -> float:
-    """The variant's own target ratio (e.g. SLEB's rows at 20%, the ratio sweeps of Figures 6-7), else the config's."""
-    return float(config["variants"][variant].get("target_ratio", config["target_ratio"]))
-
-
-def variant_runs(config: dict[str, Any], variant: str, model: str) -> list[tuple[str, int]]:
-    """(run, seed) for each build of a variant on a model: one per configured ``seeds`` entry when its method draws
-    at random with the variant's hyperparameters, else one with the first seed. The first run is the variant itself,
-    so a single-seed config keeps every path it had; a further seed s is the run ``{variant}~s{s}``."""
-    spec, params = resolve_params(config, variant, model)
-    seeds = config["seeds"] if spec.draws_at_random(params) else config["seeds"][:1]
-    return [(seeded_run(config, variant, seed), seed) for seed in seeds]
-
-
-def seeded_run(config: dict[str, Any], variant: str, seed: int) -> str:
-    """The run name of a variant built with ``seed``: the variant itself for the first seed."""
-    return variant if seed == config["seeds"][0] else f"{variant}{SEED_MARK}{seed}"
-
-
-def split_run(config: dict[str, Any], run: str) -> tuple[str, int]:
-    """(variant, seed) of a run name: ``kdp~s1`` -> (kdp, 1); a plain variant name is its first seed's run."""
-    variant, mark, seed = run.partition(SEED_MARK)
-    if variant in config["variants"] and not mark:
-        return variant, config["seeds"][0]
-    if variant in config["variants"] and seed.isdigit() and int(seed) in config["seeds"][1:]:
-        return variant, int(seed)
-    raise UserError(f"run {run!r}: not a configured variant nor one of its seeded runs; allowed: a variant, or "
-                    f"<variant>{SEED_MARK}<seed> for a further seed of seeds {config['seeds']}")
 
 
 def _builtin_spec(name: str) -> MethodSpec:

@@ -210,11 +210,11 @@ def parameter_counts(config: dict, base_dir: str) -> dict:
 
 # -- block selection ---------------------------------------------------------------------------------------------
 def select_blocks(config: dict, model: str, variant: str, similarity_npz: str, out_json: str) -> None:
-    from kdp.registry import resolve_params, variant_target_ratio
+    from kdp.experiment import resolve_run
     from kdp.selection import candidate_blocks, select_blocks as choose, validate_manual_blocks
 
-    _, params = resolve_params(config, variant, model)
-    selection = {**config["selection"], **params.get("selection", {})}
+    run = resolve_run(config, model, variant)
+    selection = {**config["selection"], **run.params.get("selection", {})}
     data = np.load(similarity_npz)
     layer_parameters = data["layer_parameters"].tolist()
     total = int(data["total_parameters"])
@@ -229,7 +229,7 @@ def select_blocks(config: dict, model: str, variant: str, similarity_npz: str, o
                                       _selection_key(config, model, variant, "k_max"))
         scores = {b: float(cka[b.first, b.last + 1]) for b in candidates}
         ratio_key = f"variants.{variant}.target_ratio" if "target_ratio" in config["variants"][variant] else "target_ratio"
-        blocks = choose(scores, layer_parameters, total, variant_target_ratio(config, variant), selection["max_blocks"],
+        blocks = choose(scores, layer_parameters, total, run.target_ratio, selection["max_blocks"],
                         where=f"config key {ratio_key} (model {model}, {num_layers} layers)")
     removed = sum(layer_parameters[i] for b in blocks for i in b.layers)
     write_json(out_json, {
@@ -267,54 +267,51 @@ def _selection_key(config: dict, model: str, variant: str, key: str) -> str:
 
 # -- pruning -------------------------------------------------------------------------------------------------------
 # `fit_block` and `prune` take a run: a variant's name (its first seed) or ``{variant}~s{seed}`` for a further seed of
-# a stochastic variant (`kdp.registry.variant_runs`). The run's seed seeds the method (PruneContext.seed and the
-# global generators); calibration sets, hidden states and block choices are the variant's, shared by every seed.
-def _context(config: dict, model: str, run: str, base_dir: str, inputs: dict[str, Any]):
+# a stochastic variant (`kdp.experiment`). The run's seed seeds the method (PruneContext.seed and the global
+# generators); calibration sets, hidden states and block choices are the variant's, shared by every seed.
+def _context(config: dict, run, base_dir: str, inputs: dict[str, Any]):
     from kdp.calibration import CalibrationSet
-    from kdp.registry import PruneContext, resolve_params, seeded_run, split_run, variant_target_ratio
+    from kdp.experiment import resolve_run, run_name
+    from kdp.registry import PruneContext
 
-    variant, seed = split_run(config, run)
-    spec, params = resolve_params(config, variant, model)
+    params = run.params
     network, tokenizer = _load_base(config, base_dir)
     ctx = PruneContext(
         model=network, adapter=adapter_for(network), tokenizer=tokenizer, params=params,
-        target_ratio=variant_target_ratio(config, variant), seed=seed, device=next(network.parameters()).device,
-        model_name=model, log=log,
+        target_ratio=run.target_ratio, seed=run.seed, device=next(network.parameters()).device,
+        model_name=run.model, log=log,
     )
     if inputs.get("calibration"):
         ctx.calibration = CalibrationSet.load(Path(inputs["calibration"]))
     if inputs.get("hidden"):
-        ctx.hidden = open_hidden(config, model, params["calibration"], inputs["calibration"], inputs["hidden"])
+        ctx.hidden = open_hidden(config, run.model, params["calibration"], inputs["calibration"], inputs["hidden"])
     if inputs.get("blocks"):
         ctx.blocks = read_blocks(inputs["blocks"])
     if inputs.get("block_fits"):
-        fitted = params.get("reuse_fits_of") or variant
+        fitted = resolve_run(config, run.model, run_name(config, run.fitted_variant, run.seed))
         # A variant reusing another's folds may read other hidden states than the ones they were fitted to.
-        same_states = resolve_params(config, fitted, model)[1]["calibration"] == params["calibration"]
-        fitted_run = seeded_run(config, fitted, seed)
+        same_states = fitted.params["calibration"] == params["calibration"]
         for path in inputs["block_fits"]:
-            verify_folder_manifest(path, fold_key(config, model, fitted_run, Path(path).name, ctx.hidden), "trained fold",
+            verify_folder_manifest(path, fold_key(fitted, Path(path).name, ctx.hidden), "trained fold",
                                    unchecked=() if same_states else ("hidden",))
         ctx.block_fits = {_block_of(path): Path(path) for path in inputs["block_fits"]}
-    if "teacher" in spec.requires:
+    if "teacher" in run.spec.requires:
         ctx.load_teacher = lambda: _load_base(config, base_dir)[0]
-    return spec.build(params), ctx
+    return run.spec.build(params), ctx
 
 
-def fold_key(config: dict, model: str, run: str, block: str, hidden) -> dict:
+def fold_key(run, block: str, hidden) -> dict:
     """What a trained fold depends on: the fitting run's settings and seed, and the hidden states it was fitted to."""
     from kdp.io import sha256_json
     from kdp.provenance import package_versions
-    from kdp.registry import resolve_params, split_run
 
-    variant, seed = split_run(config, run)
     return {
-        "model": model,
-        "variant": run,
+        "model": run.model,
+        "variant": run.name,
         "block": block,
-        "params_sha256": sha256_json(resolve_params(config, variant, model)[1]),
+        "params_sha256": sha256_json(run.params),
         "hidden": hidden.manifest["key"] if hidden is not None else None,
-        "seed": seed,
+        "seed": run.seed,
         "code_version": package_versions()["kdp-bench"],
     }
 
@@ -328,34 +325,34 @@ def _block_of(path: str):
 def fit_block(config: dict, model: str, variant: str, block: str, base_dir: str, inputs: dict[str, Any],
               out_dir: str) -> None:
     """``variant``: the run (see above)."""
-    from kdp.registry import split_run
+    from kdp.experiment import resolve_run
     from kdp.selection import Block
 
-    run, (variant, seed) = variant, split_run(config, variant)
-    _seed_everything(seed)
-    method, ctx = _context(config, model, run, base_dir, inputs)
+    run = resolve_run(config, model, variant)
+    _seed_everything(run.seed)
+    method, ctx = _context(config, run, base_dir, inputs)
     samples = ctx.hidden.shape[0]
     if samples < 2:  # a block fit holds samples out to measure its reconstruction, so it needs two at least
         raise UserError(f"config key calibration.{method.params['calibration']}: {samples} sample(s) to fit block "
-                        f"{block} of variant {variant!r}; allowed: at least 2 samples")
+                        f"{block} of variant {run.variant!r}; allowed: at least 2 samples")
     started = time.perf_counter()
     with atomic_path(out_dir, directory=True) as tmp:
         record = method.fit_block(ctx, Block.from_tag(block), tmp)
         record["seconds"] = time.perf_counter() - started
-        record["provenance"] = provenance(config, seed, model=model, variant=variant, block=block)
+        record["provenance"] = provenance(config, run.seed, model=model, variant=run.variant, block=block)
         write_json(tmp / "record.json", record)
-        write_folder_manifest(tmp, fold_key(config, model, run, block, ctx.hidden))
+        write_folder_manifest(tmp, fold_key(run, block, ctx.hidden))
 
 
 def prune(config: dict, model: str, variant: str, base_dir: str, inputs: dict[str, Any], out_dir: str) -> None:
     """``variant``: the run (see above); the record names the variant and the seed it was built with."""
     from dataclasses import asdict
 
-    from kdp.registry import split_run
+    from kdp.experiment import resolve_run
 
-    run, (variant, seed) = variant, split_run(config, variant)
-    _seed_everything(seed)
-    method, ctx = _context(config, model, run, base_dir, inputs)
+    run = resolve_run(config, model, variant)
+    _seed_everything(run.seed)
+    method, ctx = _context(config, run, base_dir, inputs)
     dense_parameters = ctx.adapter.parameter_count()
     started = time.perf_counter()
     result = method.prune(ctx)
@@ -363,8 +360,8 @@ def prune(config: dict, model: str, variant: str, base_dir: str, inputs: dict[st
     pruned_parameters = ctx.adapter.parameter_count()
     record = {
         "model": model,
-        "variant": variant,
-        "seed": seed,
+        "variant": run.variant,
+        "seed": run.seed,
         "method": method.name,
         "params": method.params,
         "dense_parameters": dense_parameters,
@@ -373,13 +370,13 @@ def prune(config: dict, model: str, variant: str, base_dir: str, inputs: dict[st
         "num_layers": ctx.adapter.num_layers,
         "seconds": seconds,
         **asdict(result),
-        "provenance": provenance(config, seed, model=model, variant=variant),
+        "provenance": provenance(config, run.seed, model=model, variant=run.variant),
     }
     if method.name == "dense":
         models.save_dense_pointer(Path(base_dir), Path(out_dir), record)
     else:
         models.save_variant(ctx.model, ctx.tokenizer, Path(out_dir), record)
-    log.info("%s/%s: %d -> %d parameters (ratio %.4f) in %.1fs", model, run, dense_parameters,
+    log.info("%s/%s: %d -> %d parameters (ratio %.4f) in %.1fs", model, run.name, dense_parameters,
              pruned_parameters, record["ratio"], seconds)
 
 
@@ -399,14 +396,14 @@ def evaluate(config: dict, model: str, variant: str, variant_dir: str, tasks_dir
     average item scores across seeds (the record names the variant and the seed the run was built with)."""
     from kdp.evaluation import evaluate as run_benchmarks
     from kdp.prefetch import require_evaluation
-    from kdp.registry import split_run
+    from kdp.experiment import resolve_run
 
-    variant, built_with = split_run(config, variant)
+    run = resolve_run(config, model, variant)
     for record in assets:
         require_evaluation(record)
     _seed_everything(config["seed"])
     evaluation = config["evaluation"]
-    benchmarks = variant_benchmarks(config, variant)
+    benchmarks = variant_benchmarks(config, run.variant)
     network, tokenizer = models.load_variant(Path(variant_dir), config["runtime"]["dtype"])
     started = time.perf_counter()
     result = run_benchmarks(network, tokenizer, benchmarks, include_path=Path(tasks_dir),
@@ -416,13 +413,13 @@ def evaluate(config: dict, model: str, variant: str, variant_dir: str, tasks_dir
     record = models.variant_record(Path(variant_dir))
     write_json(out_json, {
         "model": model,
-        "variant": variant,
-        "seed": built_with,
+        "variant": run.variant,
+        "seed": run.seed,
         "ratio": record["ratio"],
         "parameters": record["parameters"],
         "seconds": time.perf_counter() - started,
         **result,
-        "provenance": provenance(config, config["seed"], model=model, variant=variant),
+        "provenance": provenance(config, config["seed"], model=model, variant=run.variant),
     })
 
 

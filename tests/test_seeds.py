@@ -19,7 +19,8 @@ from kdp.capture import HiddenStates, capture
 from kdp.config import load, validate
 from kdp.errors import UserError
 from kdp.methods.kdp import FOLD_WEIGHTS
-from kdp.registry import PruneContext, resolve_params, split_run, variant_runs
+from kdp.experiment import Experiment, resolve_run, variant_runs
+from kdp.registry import PruneContext, resolve_params
 from kdp.selection import Block
 from tests.conftest import micro_llama
 from tests.synthetic import random_calibration
@@ -38,8 +39,8 @@ def two_seeds():
 
 # -- planning ------------------------------------------------------------------------------------------------------
 def test_stochastic_variants_get_a_run_per_seed_and_deterministic_ones_one(two_seeds):
-    assert variant_runs(two_seeds, "kdp", MODEL) == [("kdp", 0), ("kdp~s1", 1)]
-    assert variant_runs(two_seeds, "shortgpt", MODEL) == [("shortgpt", 0)]
+    assert [(run.name, run.seed) for run in variant_runs(two_seeds, MODEL, "kdp")] == [("kdp", 0), ("kdp~s1", 1)]
+    assert [(run.name, run.seed) for run in variant_runs(two_seeds, MODEL, "shortgpt")] == [("shortgpt", 0)]
     evals = table_kinds.table_inputs(two_seeds, "table1")["evals"]
     seeded = {Path(path).stem.split("~")[0] for path in evals if "~s1" in path}
     # the trained rows: KDP (Z, V, b, inverse init), KDP+PEFT, and every baseline's recovery fine-tune or training
@@ -52,23 +53,36 @@ def test_one_seed_keeps_every_path_and_defaults_to_the_base_seed(two_seeds):
     single = copy.deepcopy(two_seeds)
     del single["seeds"]
     single = validate({**single, "seed": 5})
-    assert single["seeds"] == [5] and variant_runs(single, "kdp", MODEL) == [("kdp", 5)]
+    assert single["seeds"] == [5] and [(r.name, r.seed) for r in variant_runs(single, MODEL, "kdp")] == [("kdp", 5)]
     assert all("~" not in path for paths in table_kinds.table_inputs(single, "table1").values() for path in paths)
 
 
-def test_run_names_split_into_variant_and_seed(two_seeds):
-    assert split_run(two_seeds, "kdp") == ("kdp", 0) and split_run(two_seeds, "kdp~s1") == ("kdp", 1)
-    for run in ("kdp~s7", "kdp~s0", "kdp~sx", "nope~s1"):
+def test_run_names_resolve_to_variant_and_seed(two_seeds):
+    assert (resolve_run(two_seeds, MODEL, "kdp").variant, resolve_run(two_seeds, MODEL, "kdp").seed) == ("kdp", 0)
+    assert (resolve_run(two_seeds, MODEL, "kdp~s1").variant, resolve_run(two_seeds, MODEL, "kdp~s1").seed) == ("kdp", 1)
+    # a deterministic variant has no further seed's run
+    for run in ("kdp~s7", "kdp~s0", "kdp~sx", "nope~s1", "shortgpt~s1"):
         with pytest.raises(UserError, match=f"run '{run}': not a configured variant"):
-            split_run(two_seeds, run)
+            resolve_run(two_seeds, MODEL, run)
+
+
+def test_the_experiment_resolves_every_run_once_with_the_jobs_resolution(two_seeds):
+    experiment = Experiment.from_config(two_seeds)
+    assert experiment.config == two_seeds
+    assert "kdp~s1" in experiment.run_names and "shortgpt~s1" not in experiment.run_names
+    for (model, name), run in experiment.runs.items():
+        assert run == resolve_run(two_seeds, model, name)
+    assert experiment.run(MODEL, "kdp_peft~s1").fitted_variant == "kdp"
+    with pytest.raises(UserError, match="run 'shortgpt~s1' of model 'smollm2-135m' is not in the experiment"):
+        experiment.run(MODEL, "shortgpt~s1")
 
 
 def test_a_further_seed_seeds_the_method_and_names_its_folds(two_seeds, monkeypatch):
     monkeypatch.setattr(steps, "_load_base", lambda config, base_dir: (micro_llama(layers=4, hidden=32), None))
     for run, seed in (("kdp", 0), ("kdp~s1", 1)):
-        method, ctx = steps._context(two_seeds, MODEL, run, "unused", {})
+        method, ctx = steps._context(two_seeds, resolve_run(two_seeds, MODEL, run), "unused", {})
         assert ctx.seed == seed and method.params == resolve_params(two_seeds, "kdp", MODEL)[1]
-        key = steps.fold_key(two_seeds, MODEL, run, "block_2_3", None)
+        key = steps.fold_key(resolve_run(two_seeds, MODEL, run), "block_2_3", None)
         assert (key["variant"], key["seed"]) == (run, seed)
 
 

@@ -4,8 +4,8 @@ import sys
 
 from snakemake.utils import validate
 
-from kdp.config import validate as check_config
 from kdp.errors import UserError
+from kdp.experiment import Experiment, run_name
 from kdp.figures import FIT_KINDS, figure_inputs, fit_variant
 from kdp.prefetch import (
     COMMAND_VARIABLE,
@@ -15,22 +15,24 @@ from kdp.prefetch import (
     calibration_set_sources,
     hub_models,
 )
-from kdp.registry import resolve_params, seeded_run, split_run, variant_runs
 
 try:
-    # One clear line for a bad config (the key, the value, what is allowed) before Snakemake's own validation.
-    config.update(check_config(config))
+    # The experiment, resolved once: every run of every variant on every model with its method, hyperparameters,
+    # seed and target ratio. A bad config gets one clear line (the key, the value, what is allowed) here, before
+    # Snakemake's own validation and before any job.
+    EXPERIMENT = Experiment.from_config(config)
 except UserError as error:
     sys.stderr.write(f"kdp-bench: {error}\n")
     sys.exit(1)
+config.update(EXPERIMENT.config)
 
 validate(config, "../schemas/config.schema.yaml")
 
 MODELS = list(config["models"])
 VARIANTS = list(config["variants"])
 # A stochastic variant is built once per entry of `seeds`: the first seed under the variant's name, each further
-# seed s as the run `{variant}~s{s}` through fit_block, prune and evaluate (kdp.registry.variant_runs).
-RUNS = list(dict.fromkeys(run for v in VARIANTS for m in MODELS for run, _ in variant_runs(config, v, m)))
+# seed s as the run `{variant}~s{s}` through fit_block, prune and evaluate (kdp.experiment).
+RUNS = EXPERIMENT.run_names
 CAPTURE_CALIBRATION = config["capture"]["calibration"]
 # Every report rule file adds its final outputs here; `rule all` builds them all.
 FINAL_TARGETS = []
@@ -69,14 +71,10 @@ def similarity_settings(wildcards):
 
 
 def variant_settings(wildcards):
-    from kdp.registry import variant_target_ratio
-
-    variant, seed = split_run(config, wildcards.variant)
-    _, params = method_of(wildcards.variant, wildcards.model)
-    ratio = variant_target_ratio(config, variant)
+    run = EXPERIMENT.run(wildcards.model, wildcards.variant)
     # `seed` is in every digest already; a run with another seed adds its own (today's digests stay as they were)
-    own_seed = [] if seed == config["seed"] else [seed]
-    return _digest(config["runtime"], config["selection"], ratio, params, *own_seed)
+    own_seed = [] if run.seed == config["seed"] else [run.seed]
+    return _digest(config["runtime"], config["selection"], run.target_ratio, run.params, *own_seed)
 
 
 def tasks_settings(wildcards):
@@ -84,7 +82,7 @@ def tasks_settings(wildcards):
 
 
 def evaluation_settings(wildcards):
-    benchmarks = config["variants"][split_run(config, wildcards.variant)[0]].get("benchmarks")
+    benchmarks = config["variants"][EXPERIMENT.run(wildcards.model, wildcards.variant).variant].get("benchmarks")
     return _digest(config["runtime"], config["evaluation"], benchmarks)
 
 
@@ -93,11 +91,6 @@ def table_settings(wildcards):
     spec = config["tables"][wildcards.table]
     labels = [config["models"][m].get("label") for m in spec["models"]]
     return _digest(spec, labels, [config["variants"][v] for v in spec["variants"]])
-
-
-def method_of(run, model):
-    cls, params = resolve_params(config, split_run(config, run)[0], model)
-    return cls, params
 
 
 def calibration_file(model, name):
@@ -110,20 +103,20 @@ def hidden_dir(model, calibration):
 
 def method_inputs(wildcards, with_fits=True):
     """The files a variant's method consumes, from what its class declares in ``requires``."""
-    variant, seed = split_run(config, wildcards.variant)
-    cls, params = method_of(wildcards.variant, wildcards.model)
+    run = EXPERIMENT.run(wildcards.model, wildcards.variant)
+    requires, params = run.spec.requires, run.params
     # A variant may reuse another variant's blocks and per-block fits (e.g. KDP+PEFT reuses KDP's folds, seed by
     # seed). The block choice draws nothing at random, so every seed's run shares the variant's.
-    fitted = params.get("reuse_fits_of") or variant
+    fitted = run.fitted_variant
     inputs = {"base": f"results/models/{wildcards.model}/base"}
-    if "calibration" in cls.requires or "hidden_states" in cls.requires:
+    if "calibration" in requires or "hidden_states" in requires:
         inputs["calibration"] = calibration_file(wildcards.model, params["calibration"])
-    if "hidden_states" in cls.requires:
+    if "hidden_states" in requires:
         inputs["hidden"] = hidden_dir(wildcards.model, params["calibration"])
-    if "blocks" in cls.requires or "block_fits" in cls.requires:
+    if "blocks" in requires or "block_fits" in requires:
         inputs["blocks"] = f"results/blocks/{wildcards.model}/{fitted}.json"
-    if with_fits and cls.fits_blocks:
-        inputs["block_fits"] = block_fit_dirs(wildcards.model, fitted, seeded_run(config, fitted, seed))
+    if with_fits and run.spec.fits_blocks:
+        inputs["block_fits"] = block_fit_dirs(wildcards.model, fitted, run_name(config, fitted, run.seed))
     return inputs
 
 
@@ -137,14 +130,6 @@ def block_fit_dirs(model, variant, run=None):
 
     blocks_json = checkpoints.select_blocks.get(model=model, variant=variant).output[0]
     return [f"results/kdp/{model}/{run or variant}/{block.tag}" for block in read_blocks(blocks_json)]
-
-
-def table_inputs(wildcards):
-    spec = config["tables"][wildcards.table]
-    return [
-        f"results/eval/{m}/{v}.json" for m in spec["models"] for v in spec["variants"]
-    ]
-
 
 
 # -- resources sized from the model ----------------------------------------------------------------------------
