@@ -41,7 +41,7 @@ from kdp.config import load as load_config
 from kdp.finetune import validation_perplexity
 from kdp.fold import fold_from_config
 from kdp.io import read_json, write_json
-from kdp.kdp_figures import render_kdp_figures
+from kdp.figures.kdp_fits import render_kdp_figures
 from kdp.linearize import BlockData, KDPConfig, reconstruction_metrics
 from kdp.methods.kdp import FOLD_CONFIG, FOLD_WEIGHTS
 from kdp.models import MANIFEST, load_base, materialize_base

@@ -153,10 +153,10 @@ def test_training_figures_draw_every_models_fits_from_the_config(embedded, tmp_p
 
 
 def test_training_figures_group_block_fits_by_model(embedded, monkeypatch):
-    import kdp.kdp_figures
+    import kdp.figures.kdp_fits
 
     seen = {}
-    monkeypatch.setattr(kdp.kdp_figures, "draw_fit_figure", lambda kind, fits, *_: seen.update(kind=kind, fits=fits))
+    monkeypatch.setattr(kdp.figures.kdp_fits, "draw_fit_figure", lambda kind, fits, *_: seen.update(kind=kind, fits=fits))
     inputs = ["results/kdp/smollm2-135m/kdp/block_14_15", "results/kdp/opt-kjv/kdp/block_4_5",
               "results/kdp/smollm2-135m/kdp/block_20_21"]
     draw_figure(embedded, "figure5", inputs, "x.png", "x.pdf")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kdp.errors import UserError
-from kdp.kdp_figures import KERNEL_SAMPLE, RECORD, grid_shape, load_fits, render_kdp_figures
+from kdp.figures.kdp_fits import KERNEL_SAMPLE, RECORD, grid_shape, load_fits, render_kdp_figures
 
 
 def _fit_dir(root, first: int, epochs: int = 6, features: int = 64, tokens: int = 60, seed: int = 0):

@@ -11,7 +11,7 @@ Config (``figures.<figureN>``):
 Each figure is ``results/figures/<figureN>.png`` and ``.pdf``. ``check_figures`` runs when the workflow loads, so
 a figure that names an unknown model or variant, a training figure of a variant without kernel fits, or a kernel
 sweep whose 2m a model override pins, fails in one line before any job starts. Figures 3-5 are drawn by
-``kdp.kdp_figures`` from the block fits of their variant (`fit_variant`).
+``kdp.figures.kdp_fits`` from the block fits of their variant (`fit_variant`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 from kdp.errors import UserError
 
 KINDS = ("similarity", "kdp_training", "kernel_space", "operator_norms", "ratio_sweep", "kernel_size")
-FIT_KINDS = ("kdp_training", "kernel_space", "operator_norms")  # drawn from block fits (kdp.kdp_figures)
+FIT_KINDS = ("kdp_training", "kernel_space", "operator_norms")  # drawn from block fits (kdp.figures.kdp_fits)
 DEFAULT_FIT_VARIANT = "kdp"
 DEFAULT_RFF_DIM = 1024  # kdp.linearize.KDPConfig.rff_dim, the paper's 2m (Appendix B)
 
@@ -141,7 +141,7 @@ def draw_figure(config: dict, name: str, inputs: Sequence[str], out_png: str, ou
     if spec["kind"] in FIT_KINDS:
         from pathlib import Path
 
-        from kdp.kdp_figures import draw_fit_figure
+        from kdp.figures.kdp_fits import draw_fit_figure
 
         # inputs are results/kdp/{model}/{variant}/block_*: the model is two levels up
         fits = {labels[m]: [d for d in inputs if Path(d).parent.parent.name == m] for m in spec["models"]}

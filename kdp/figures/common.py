@@ -1,12 +1,13 @@
 """What every figure shares: the Agg backend, one look, and byte-stable PNG/PDF output.
 
-Saving goes through `kdp.kdp_figures.save_figure` (Figures 3-5 use it too): no creation date in PDFs, no
+Saving goes through `save_figure` (Figures 3-5 use it too): no creation date in PDFs, no
 matplotlib version in PNGs, so the same inputs give the same bytes on a rerun; provenance goes into the files'
 description fields instead.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,28 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from kdp.kdp_figures import save_figure  # noqa: E402
+from kdp.errors import UserError  # noqa: E402
+from kdp.io import atomic_path  # noqa: E402
+
+FORMATS = ("png", "pdf")
 
 STYLE = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8, "svg.hashsalt": "kdp",
          "pdf.fonttype": 42}
+
+
+def save_figure(figure, outputs: dict[str, str | Path], provenance: dict[str, Any] | None = None) -> None:
+    """Write ``figure`` to every path of ``outputs`` ({"png": path, "pdf": path}) atomically, without dates."""
+    text = json.dumps(provenance or {}, sort_keys=True)
+    metadata = {
+        "png": {"Software": None, "Description": text},
+        "pdf": {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None, "Subject": text},
+    }
+    for fmt, path in outputs.items():
+        if fmt not in metadata:
+            raise UserError(f"figure output format {fmt!r} ({path}); allowed: {', '.join(FORMATS)}")
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format=fmt, dpi=150, metadata=metadata[fmt], bbox_inches="tight")
+    plt.close(figure)
 
 
 def new_figure(rows: int, cols: int, width: float, height: float):

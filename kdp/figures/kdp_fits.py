@@ -18,7 +18,6 @@ Agg backend and written without timestamps, so a rerun from the same records giv
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kdp.errors import UserError  # noqa: E402
-from kdp.io import atomic_path, read_json  # noqa: E402
+from kdp.figures.common import FORMATS, save_figure  # noqa: E402
+from kdp.io import read_json  # noqa: E402
 
 FIGURE4_ROWS = (0, 25, 50)  # the token rows the paper shows
-FORMATS = ("png", "pdf")
 RECORD = "record.json"
 KERNEL_SAMPLE = "kernel_space_sample.npz"
 
@@ -52,21 +51,6 @@ def load_fits(fit_dirs: list[str | Path]) -> list[tuple[str, dict]]:
     if not fits:
         raise UserError("kdp figures: no block fits were given; allowed: at least one results/kdp/.../block_* dir")
     return fits
-
-
-def save_figure(figure, outputs: dict[str, str | Path], provenance: dict[str, Any] | None = None) -> None:
-    """Write ``figure`` to every path of ``outputs`` ({"png": path, "pdf": path}) atomically, without dates."""
-    text = json.dumps(provenance or {}, sort_keys=True)
-    metadata = {
-        "png": {"Software": None, "Description": text},
-        "pdf": {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None, "Subject": text},
-    }
-    for fmt, path in outputs.items():
-        if fmt not in metadata:
-            raise UserError(f"figure output format {fmt!r} ({path}); allowed: {', '.join(FORMATS)}")
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format=fmt, dpi=150, metadata=metadata[fmt], bbox_inches="tight")
-    plt.close(figure)
 
 
 def figure3(fits: list[tuple[str, dict]], title: str = ""):
