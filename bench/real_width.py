@@ -181,6 +181,7 @@ def run_config(key: str, layers: int, samples: int, tokens: int, root: Path, var
 
     from capture_memory import write_checkpoint
     from kdp import models, steps
+    from kdp.experiment import resolve_run
     from kdp.flops import load_model_config, model_spec
     from kdp.io import read_json
     from kdp.registry import method_names
@@ -225,7 +226,7 @@ def run_config(key: str, layers: int, samples: int, tokens: int, root: Path, var
     results = {}
     for variant in ["dense", *(v for v in variants if v != "dense")]:  # dense first: the config's count
         steps._seed_everything(config["seed"])  # as rule prune: the same seed, the same context
-        method, ctx = steps._context(config, key, variant, str(base), method_inputs(
+        method, ctx = steps._context(config, resolve_run(config, key, variant), str(base), method_inputs(
             config, variant, calib, hidden, root / f"blocks_{variant}.json", fits))
         dense_parameters = ctx.adapter.parameter_count()
         record = method.prune(ctx)
