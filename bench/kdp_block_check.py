@@ -61,14 +61,19 @@ def fit_summary(record: dict) -> dict:
 
 
 def check_model(config: dict, results: Path, model: str, runs: list[str] | None, held_out_samples: int) -> dict:
-    network, tokenizer = load_base(results / "models" / model / "base", "float32", "cpu")
+    fitted = fitted_blocks(results, model, runs)
+    base = results / "models" / model / "base"
+    if not fitted or not base.is_dir():
+        raise SystemExit(f"kdp_block_check: {results}: no base model or no KDP block fits of {model!r} "
+                         f"(runs {runs or 'any'}); allowed: the results folder of a run that fitted blocks")
+    network, tokenizer = load_base(base, "float32", "cpu")
     calibration = config["calibration"][config["capture"]["calibration"]]
     held = held_out_set(tokenizer, held_out_samples, int(calibration["max_length"]), config["seed"])
     with torch.no_grad():
         dense = validation_perplexity(network, held, batch_size=8)
     removal: dict[str, float] = {}
     rows = []
-    for run, block_dirs in fitted_blocks(results, model, runs).items():
+    for run, block_dirs in fitted.items():
         for block_dir in block_dirs:
             first, last = (int(i) for i in block_dir.name.split("_")[1:])
             block = Block(first, last)
