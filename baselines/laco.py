@@ -53,14 +53,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines.specs import MERGE_RULES, SEARCH_RULE
 from kdp.adapters import ModelAdapter, adapter_for
 from kdp.calibration import CalibrationSet
 from kdp.errors import bad_value
 from kdp.layer_scoring import RemovalTarget, calibration_inputs, forward_skipping
 from kdp.registry import PruneContext, PruneRecord, PruningMethod, register_method
 
-MERGE_RULES = ("released_code", "eq1")
-SEARCH_RULE = "largest_reaching_target"
 
 
 def rdsc_merge(adapter: ModelAdapter, base: int, followers: Sequence[int], rule: str) -> dict[str, torch.Tensor]:

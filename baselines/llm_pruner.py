@@ -54,19 +54,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.specs import LLM_PRUNER_RECOVERY as RECOVERY_DEFAULTS
+from baselines.specs import TAYLOR_RULES, LLMPrunerRecovery
 from kdp.adapters import LayerAdapter, ModelAdapter
 from kdp.calibration import CalibrationSet
 from kdp.errors import UserError, bad_value
 from kdp.finetune import FinetuneRecipe, lora_finetune
 from kdp.hf_custom import apply_edit
+from kdp.params import defaults_of
 from kdp.registry import PruneContext, PruneRecord, PruningMethod, register_method
 
 STRUCTURE_FACTORY = "baselines.llm_pruner:narrow_layers"
-TAYLOR_RULES = ("param_first", "vectorize")
 #: hf_prune.py in the README's LLaMA/Llama-2 command: layers [4, 30) of a 32-layer model are pruned.
 OFFICIAL_DEPTH, OFFICIAL_FIRST, OFFICIAL_STOP = 32, 4, 30
 
+RECOVERY_DEFAULTS = defaults_of(LLMPrunerRecovery)
 _RECOVERY_KEYS = (set(RECOVERY_DEFAULTS) | {f.name for f in fields(FinetuneRecipe)}) - {
     "seed", "extra", "kd_weight", "temperature"}
 

@@ -39,14 +39,13 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from baselines.specs import BI_PRECISIONS, LAST_LAYER_STATES
 from kdp.adapters import ModelAdapter
 from kdp.calibration import CalibrationSet
 from kdp.errors import bad_value
 from kdp.layer_scoring import RemovalTarget, calibration_inputs
 from kdp.registry import PruneContext, PruneRecord, PruningMethod, register_method
 
-LAST_LAYER_STATES = ("pre_norm", "post_norm")
-BI_PRECISIONS = ("float32", "float16_official")
 
 
 def token_distance(before: torch.Tensor, after: torch.Tensor, angular: bool) -> torch.Tensor:

@@ -57,17 +57,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from baselines.specs import SLICEGPT_RECOVERY as RECOVERY_DEFAULTS
+from baselines.specs import CENTRINGS, SliceGPTRecovery
 from kdp.adapters import LayerAdapter, LayerInputs, ModelAdapter, adapter_for
 from kdp.calibration import CalibrationSet
 from kdp.errors import bad_value
 from kdp.finetune import FinetuneRecipe, lora_finetune
 from kdp.hf_custom import apply_edit
+from kdp.params import defaults_of
 from kdp.registry import PruneContext, PruneRecord, PruningMethod, register_method
 
 STRUCTURE_FACTORY = "baselines.slicegpt:restore_sliced_structure"
 PCA_DAMPING = 0.01
 
+RECOVERY_DEFAULTS = defaults_of(SliceGPTRecovery)
 #: Recovery keys a config may set: the recovery defaults and FinetuneRecipe's fields, less those the method owns.
 _RECOVERY_KEYS = set(RECOVERY_DEFAULTS) | ({f.name for f in fields(FinetuneRecipe)}
                                            - {"seed", "extra", "kd_weight", "temperature"})
@@ -214,7 +216,6 @@ def restore_sliced_structure(adapter: ModelAdapter, edit: dict[str, Any]) -> Non
 
 
 # -- 1. fusion ----------------------------------------------------------------------------------------------------
-CENTRINGS = ("always", "layernorm_only")
 
 
 @torch.no_grad()

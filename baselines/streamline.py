@@ -62,19 +62,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from baselines.specs import STREAMLINE_LLM_LOSS_TRAINING as LLM_LOSS_TRAINING
-from baselines.specs import STREAMLINE_MSE_TRAINING as MSE_TRAINING
+from baselines.specs import FINETUNES, REPLACEMENTS, StreamlineLLMLossTraining, StreamlineMSETraining
 from kdp.adapters import ModelAdapter
 from kdp.calibration import CalibrationSet
 from kdp.errors import UserError, bad_value
 from kdp.finetune import validation_perplexity
 from kdp.hf_custom import apply_edit
+from kdp.params import defaults_of
 from kdp.layer_scoring import calibration_inputs
 from kdp.registry import PruneContext, PruneRecord, PruningMethod, register_method
 
 FFN_FACTORY = "baselines.streamline:install_ffn"
-REPLACEMENTS = ("layer", "ffn")
-FINETUNES = (None, "llm_loss")
+MSE_TRAINING = defaults_of(StreamlineMSETraining)
+LLM_LOSS_TRAINING = defaults_of(StreamlineLLMLossTraining)
 
 
 

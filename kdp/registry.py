@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import metadata
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from kdp.errors import UserError
+from kdp.params import check_value, defaults_of, field_types, inferred_types
 
 #: Inputs a method may ask for; the workflow maps each to a file or directory.
 REQUIREMENTS = frozenset({"calibration", "hidden_states", "blocks", "block_fits", "teacher"})
@@ -66,14 +67,15 @@ class MethodSpec:
     implementation: str
     requires: frozenset[str] = frozenset()
     fits_blocks: bool = False
+    #: the hyperparameters' defaults; derived from ``params`` where the method declares a dataclass
     defaults: Mapping[str, Any] = field(default_factory=dict)
     #: whether the result depends on a random draw (init, sampling, training order): a bool, or a function of the
     #: resolved hyperparameters (e.g. only a recovery fine-tune draws at random)
     stochastic: bool | Callable[[Mapping[str, Any]], bool] = False
     name: str = ""  # the registry fills it in
-    #: Keys a dict-valued parameter accepts beyond those of its default (all of them where the default is empty,
-    #: e.g. KDP's ``fit``), so that a misspelt nested key fails when the config loads, not in a job.
-    nested_keys: Mapping[str, Collection[str]] = field(default_factory=dict)
+    #: the hyperparameters as a dataclass (`kdp.params`): types, defaults and docs in one place, so every key,
+    #: nested ones included, is checked when the config loads, not in a job
+    params: type | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "requires", frozenset(self.requires))
@@ -81,6 +83,16 @@ class MethodSpec:
         if unknown:
             raise TypeError(f"{self.implementation}: requires has unknown entries {sorted(unknown)}; "
                             f"allowed: {sorted(REQUIREMENTS)}")
+        if self.params is not None:
+            declared = defaults_of(self.params)
+            if self.defaults and dict(self.defaults) != declared:
+                raise TypeError(f"{self.implementation}: declare defaults in params or in defaults, not both")
+            object.__setattr__(self, "defaults", declared)
+
+    @property
+    def types(self) -> dict[str, Any]:
+        """Hyperparameter -> the type a config may give (read off ``defaults`` for a method without ``params``)."""
+        return field_types(self.params) if self.params is not None else inferred_types(self.defaults)
 
     def draws_at_random(self, params: Mapping[str, Any]) -> bool:
         return bool(self.stochastic(params) if callable(self.stochastic) else self.stochastic)
@@ -220,26 +232,15 @@ def resolve_params(config: dict[str, Any], variant: str, model: str | None = Non
     if model is not None:
         overrides = config["models"][model].get("overrides", {}).get(spec.name, {})
         layers.append((overrides, f"models.{model}.overrides.{spec.name}"))
+    types = spec.types
     for values, where in layers:
         for key, value in values.items():
             if key not in params:
                 raise UserError(f"{where}.{key}: unknown parameter of method {spec.name!r}; "
                                 f"allowed: {', '.join(sorted(params)) or 'none'}")
-            _check_nested(spec, key, value, f"{where}.{key}")
+            check_value(value, types[key], f"{where}.{key}", f"method {spec.name!r}")
             params[key] = _merge(params[key], value)
     return spec, params
-
-
-def _check_nested(spec: MethodSpec, key: str, value: Any, where: str) -> None:
-    """A dict given for a dict-valued parameter names only keys its default or the spec's `nested_keys` allow."""
-    default = spec.defaults.get(key)
-    if not (isinstance(value, dict) and isinstance(default, dict)):
-        return
-    allowed = set(default) | set(spec.nested_keys.get(key, ()))
-    unknown = sorted(set(value) - allowed)
-    if allowed and unknown:
-        raise UserError(f"{where}.{unknown[0]}: unknown key of {key!r} for method {spec.name!r}; "
-                        f"allowed: {', '.join(sorted(allowed))}")
 
 
 def _builtin_spec(name: str) -> MethodSpec:

@@ -21,10 +21,6 @@ from kdp.errors import UserError
 from kdp.io import read_json
 
 
-#: The config's ``selection:`` keys, which a variant's ``selection:`` may override.
-SELECTION_KEYS = ("k_max", "edge_fraction", "max_blocks", "blocks")
-
-
 @dataclass(frozen=True, order=True)
 class Block:
     first: int

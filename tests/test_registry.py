@@ -143,19 +143,20 @@ def test_modules_the_workflow_imports_while_planning_import_no_torch():
 
 
 def test_declared_nested_keys_are_the_ones_the_jobs_accept():
-    from dataclasses import fields
+    from typing import get_type_hints
 
     from baselines import llm_pruner, slicegpt
     from kdp.linearize import KDPConfig
-    from kdp.methods.specs import KDP_FIT_KEYS
-    from kdp.selection import SELECTION_KEYS
+    from kdp.methods.specs import KDP_FIT_TYPES, SELECTION_TYPES
+    from kdp.params import _unwrap
 
-    assert KDP_FIT_KEYS == tuple(f.name for f in fields(KDPConfig))
+    assert KDP_FIT_TYPES == get_type_hints(KDPConfig)
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    assert set(SELECTION_KEYS) == set(schema["properties"]["selection"]["properties"])
+    assert set(SELECTION_TYPES) == set(schema["properties"]["selection"]["properties"])
     for name, module in (("slicegpt", slicegpt), ("llm_pruner", llm_pruner)):
         spec = method_spec(name, "test")
-        assert set(spec.defaults["recovery"]) | set(spec.nested_keys["recovery"]) == module._RECOVERY_KEYS
+        _, extra = _unwrap(spec.types["recovery"])
+        assert set(spec.defaults["recovery"]) | set(extra) == module._RECOVERY_KEYS
 
 
 @pytest.mark.parametrize("variant, entry, message", [
@@ -172,6 +173,63 @@ def test_a_misspelt_nested_method_key_fails_when_the_config_loads(variant, entry
     config["variants"][variant] = {**entry, "label": "x"}
     with pytest.raises(UserError, match=re.escape(message)):
         resolve_params(config, variant, "smollm2-135m")
+
+
+@pytest.mark.parametrize("variant, entry, message", [
+    ("kdp", {"method": "kdp", "fit": {"rff_dim": "512"}}, "variants.kdp.fit.rff_dim: '512' is not allowed; allowed: an integer"),
+    ("kdp", {"method": "kdp", "fold": "kernal"}, "variants.kdp.fold: 'kernal' is not allowed; allowed: one of 'kernel'"),
+    ("kdp_peft", {"method": "kdp", "finetune": "yes"}, "variants.kdp_peft.finetune: 'yes' is not allowed; allowed: true or false"),
+    ("kdp_peft", {"method": "kdp", "peft": {"lr": "1e-4"}}, "variants.kdp_peft.peft.lr: '1e-4' is not allowed; allowed: a number"),
+    ("wo_kernel", {"method": "drop_blocks", "selection": {"k_max": 2.5}}, "variants.wo_kernel.selection.k_max: 2.5"),
+    ("laco", {"method": "laco", "threshold": "largest"}, "variants.laco.threshold: 'largest' is not allowed; allowed: a number or one of 'largest_reaching_target'"),
+    ("laco", {"method": "laco", "threshold_grid": [0.5, "x"]}, "variants.laco.threshold_grid: [0.5, 'x']"),
+    ("shortgpt", {"method": "shortgpt", "angular": 1}, "variants.shortgpt.angular: 1 is not allowed; allowed: true or false"),
+    ("sleb", {"method": "sleb", "early_barrier": None}, "variants.sleb.early_barrier: None is not allowed; allowed: an integer"),
+    ("slicegpt", {"method": "slicegpt", "slicing": "25%"}, "variants.slicegpt.slicing: '25%' is not allowed; allowed: a number or null"),
+    ("slicegpt_rft", {"method": "slicegpt", "recovery": {"max_steps": 1.5}}, "variants.slicegpt_rft.recovery.max_steps: 1.5"),
+    ("llm_pruner_ft", {"method": "llm_pruner", "recovery": "default"}, "variants.llm_pruner_ft.recovery: 'default' is not allowed; allowed: a mapping of alpha"),
+    ("llm_pruner", {"method": "llm_pruner", "taylor": "vector"}, "variants.llm_pruner.taylor: 'vector' is not allowed; allowed: one of 'param_first', 'vectorize'"),
+    ("streamline", {"method": "streamline", "training": {"epochs": "1"}}, "variants.streamline.training.epochs: '1' is not allowed; allowed: an integer"),
+    ("streamline_ft", {"method": "streamline", "finetune": "llm"}, "variants.streamline_ft.finetune: 'llm' is not allowed; allowed: one of None, 'llm_loss'"),
+])
+def test_a_value_of_the_wrong_type_fails_when_the_config_loads(variant, entry, message):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["variants"][variant] = {**entry, "label": "x"}
+    with pytest.raises(UserError, match=re.escape(message)):
+        resolve_params(config, variant, "smollm2-135m")
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_METHODS))
+def test_each_builtin_methods_defaults_pass_its_own_types(name):
+    from kdp.params import check_value
+
+    spec = method_spec(name, "test")
+    for key, value in spec.defaults.items():
+        check_value(value, spec.types[key], f"defaults.{key}", name)
+
+
+def test_typed_values_that_fit_resolve():
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["variants"]["streamline"] = {"method": "streamline", "training": None, "finetune": "llm_loss",
+                                        "llm_loss": {"clip": None}, "label": "x"}
+    config["variants"]["laco"] = {"method": "laco", "threshold": "largest_reaching_target", "layers_per_merge": 3}
+    config["variants"]["slicegpt"] = {"method": "slicegpt", "slicing": None, "recovery": {"epochs": 0.5}}
+    assert resolve_params(config, "streamline", "smollm2-135m")[1]["training"] is None
+    assert resolve_params(config, "laco", "smollm2-135m")[1]["threshold"] == "largest_reaching_target"
+    assert resolve_params(config, "slicegpt", "smollm2-135m")[1]["recovery"]["epochs"] == 0.5
+
+
+def test_a_method_declared_with_plain_defaults_gets_lenient_types():
+    from kdp.params import check_value
+    from kdp.registry import MethodSpec
+
+    spec = MethodSpec("x:Y", defaults={"alpha": 1, "mode": "a", "extra": None, "recipe": {"lr": 0.1}})
+    check_value(0.5, spec.types["alpha"], "alpha", "x")  # an int default takes any number
+    check_value([1], spec.types["extra"], "extra", "x")  # None: anything
+    with pytest.raises(UserError, match=r"recipe.lrr: unknown key of 'recipe'"):
+        check_value({"lrr": 1}, spec.types["recipe"], "recipe", "x")
+    with pytest.raises(UserError, match=r"mode: 3 is not allowed; allowed: text"):
+        check_value(3, spec.types["mode"], "mode", "x")
 
 
 def test_nested_keys_the_defaults_or_the_spec_allow_resolve():

@@ -29,10 +29,11 @@ from kdp.fold import fold_from_config
 from kdp.hf_custom import apply_edit
 from kdp.io import atomic_path, read_json, write_json
 from kdp.linearize import BlockData, KDPConfig, fit_direct_ols, fit_kdp, fit_sequential_ols, reconstruction_metrics
-from kdp.methods.specs import PEFT_DEFAULTS
+from kdp.methods.specs import FOLDS, PEFTRecipe
+from kdp.params import defaults_of
 from kdp.registry import PruneContext, PruneRecord, PruningMethod, register_method
 
-FOLDS = ("kernel", "direct_ols", "sequential_ols")
+PEFT_DEFAULTS = defaults_of(PEFTRecipe)
 FOLD_WEIGHTS = "fold.safetensors"
 FOLD_CONFIG = "fold_config.json"
 KERNEL_SAMPLE = "kernel_space_sample.npz"
