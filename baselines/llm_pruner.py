@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,7 +58,7 @@ from baselines.specs import TAYLOR_RULES, LLMPrunerRecovery
 from kdp.adapters import LayerAdapter, ModelAdapter
 from kdp.calibration import CalibrationSet
 from kdp.errors import UserError, bad_value
-from kdp.finetune import FinetuneRecipe, lora_finetune
+from kdp.finetune import recover, recovery_keys, recovery_recipe
 from kdp.hf_custom import apply_edit
 from kdp.params import defaults_of
 from kdp.registry import PruneContext, PruneRecord, PruningMethod, register_method
@@ -68,8 +68,7 @@ STRUCTURE_FACTORY = "baselines.llm_pruner:narrow_layers"
 OFFICIAL_DEPTH, OFFICIAL_FIRST, OFFICIAL_STOP = 32, 4, 30
 
 RECOVERY_DEFAULTS = defaults_of(LLMPrunerRecovery)
-_RECOVERY_KEYS = (set(RECOVERY_DEFAULTS) | {f.name for f in fields(FinetuneRecipe)}) - {
-    "seed", "extra", "kd_weight", "temperature"}
+_RECOVERY_KEYS = recovery_keys(RECOVERY_DEFAULTS)
 
 
 @dataclass
@@ -268,7 +267,7 @@ class LLMPruner(PruningMethod):
 
     def prune(self, ctx: PruneContext) -> PruneRecord:
         params, adapter = self.params, ctx.adapter
-        recovery = _recovery_params(params["recovery"]) if params["finetune"] else None
+        recovery = recovery_recipe(params["recovery"], RECOVERY_DEFAULTS, "llm_pruner") if params["finetune"] else None
         importance, train, validation = _split(ctx.calibration, params, recovery)
         layers = pruned_layers(adapter.num_layers, params["layer_range"])
         ratio = _ratio(params["pruning_ratio"], adapter, layers, ctx.target_ratio)
@@ -290,19 +289,10 @@ class LLMPruner(PruningMethod):
                          layers.start, layers.stop - 1, details["ratio_after_pruning"])
         if recovery is not None:
             targets = [linear for index in range(adapter.num_layers) for linear in adapter.layer(index).linears()]
-            history = lora_finetune(adapter.model, targets, train, validation,
-                                    FinetuneRecipe.from_params(recovery, ctx.seed), log=ctx.log)
-            details["recovery"] = history
-            samples["recovery_train"] = min(history["train_samples_seen"], train.num_samples)
-            samples["recovery_validation"] = validation.num_samples
+            details["recovery"], recovered = recover(adapter.model, targets, train, validation, recovery, ctx.seed,
+                                                     ctx.log)
+            samples.update(recovered)
         return PruneRecord(samples=samples, details=details)
-
-
-def _recovery_params(recovery: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(recovery) - _RECOVERY_KEYS)
-    if unknown:
-        raise bad_value("llm_pruner recovery keys", unknown, sorted(_RECOVERY_KEYS))
-    return {**RECOVERY_DEFAULTS, **recovery}
 
 
 def _split(data: CalibrationSet, params: dict[str, Any], recovery: dict[str, Any] | None

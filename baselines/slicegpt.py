@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -61,7 +61,7 @@ from baselines.specs import CENTRINGS, SliceGPTRecovery
 from kdp.adapters import LayerAdapter, LayerInputs, ModelAdapter, adapter_for
 from kdp.calibration import CalibrationSet
 from kdp.errors import bad_value
-from kdp.finetune import FinetuneRecipe, lora_finetune
+from kdp.finetune import recover, recovery_keys, recovery_recipe
 from kdp.hf_custom import apply_edit
 from kdp.params import defaults_of
 from kdp.registry import PruneContext, PruneRecord, PruningMethod, register_method
@@ -71,8 +71,7 @@ PCA_DAMPING = 0.01
 
 RECOVERY_DEFAULTS = defaults_of(SliceGPTRecovery)
 #: Recovery keys a config may set: the recovery defaults and FinetuneRecipe's fields, less those the method owns.
-_RECOVERY_KEYS = set(RECOVERY_DEFAULTS) | ({f.name for f in fields(FinetuneRecipe)}
-                                           - {"seed", "extra", "kd_weight", "temperature"})
+_RECOVERY_KEYS = recovery_keys(RECOVERY_DEFAULTS)
 
 
 # -- modules of the sliced model ----------------------------------------------------------------------------------
@@ -477,7 +476,7 @@ class SliceGPT(PruningMethod):
 
     def prune(self, ctx: PruneContext) -> PruneRecord:
         params = self.params
-        recovery = _recovery_params(params) if params["finetune"] else None
+        recovery = recovery_recipe(params["recovery"], RECOVERY_DEFAULTS, "slicegpt") if params["finetune"] else None
         pca_data, train, validation = _split(ctx.calibration, params, recovery)
         adapter = ctx.adapter
         shapes, dense = SliceShapes.of(adapter), adapter.parameter_count()
@@ -501,20 +500,10 @@ class SliceGPT(PruningMethod):
                          adapter.hidden_size, details["slicing"], details["predicted_ratio"])
         if recovery is not None:
             targets = [linear for layer in adapter.layers for linear in layer.parts.linears()]
-            history = lora_finetune(adapter.model, targets, train, validation,
-                                    FinetuneRecipe.from_params(recovery, ctx.seed), log=ctx.log)
-            details["recovery"] = history
-            samples["recovery_train"] = min(history["train_samples_seen"], train.num_samples)
-            samples["recovery_validation"] = validation.num_samples
+            details["recovery"], recovered = recover(adapter.model, targets, train, validation, recovery, ctx.seed,
+                                                     ctx.log)
+            samples.update(recovered)
         return PruneRecord(samples=samples, details=details)
-
-
-def _recovery_params(params: dict[str, Any]) -> dict[str, Any]:
-    recovery = params["recovery"] or {}
-    unknown = sorted(set(recovery) - _RECOVERY_KEYS)
-    if unknown:
-        raise bad_value("slicegpt recovery keys", unknown, sorted(_RECOVERY_KEYS))
-    return {**RECOVERY_DEFAULTS, **recovery}
 
 
 def _width(params: dict[str, Any], shapes: SliceShapes, dense: int, target_ratio: float) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kdp.calibration import CalibrationSet
+from kdp.errors import bad_value
 
 
 @dataclass
@@ -50,6 +51,34 @@ class FinetuneRecipe:
         if "betas" in known:
             known["betas"] = tuple(known["betas"])
         return cls(**{**known, "seed": seed})
+
+
+#: FinetuneRecipe fields a method's recovery recipe may not set: the seed is the run's, and distillation is KDP's own.
+METHOD_OWNED = frozenset({"seed", "extra", "kd_weight", "temperature"})
+
+
+def recovery_recipe(configured: dict[str, Any] | None, defaults: dict[str, Any], where: str) -> dict[str, Any]:
+    """A baseline's recovery recipe: its ``defaults`` with the configured keys over them; a key that is neither a
+    default nor a `FinetuneRecipe` field the method leaves to the config is refused."""
+    allowed = recovery_keys(defaults)
+    unknown = sorted(set(configured or {}) - allowed)
+    if unknown:
+        raise bad_value(f"{where} recovery keys", unknown, sorted(allowed))
+    return {**defaults, **(configured or {})}
+
+
+def recovery_keys(defaults: dict[str, Any]) -> set[str]:
+    return set(defaults) | ({f.name for f in fields(FinetuneRecipe)} - METHOD_OWNED)
+
+
+def recover(model: nn.Module, targets: Sequence[nn.Linear], train: CalibrationSet, validation: CalibrationSet,
+            recipe: dict[str, Any], seed: int, log=None) -> tuple[dict[str, Any], dict[str, int]]:
+    """LoRA recovery of a pruned model with a baseline's recipe: the training history, and the samples it consumed
+    by purpose (Table 8)."""
+    history = lora_finetune(model, targets, train, validation, FinetuneRecipe.from_params(recipe, seed), log=log)
+    samples = {"recovery_train": min(history["train_samples_seen"], train.num_samples),
+               "recovery_validation": validation.num_samples}
+    return history, samples
 
 
 def lora_finetune(

@@ -108,10 +108,10 @@ EMBEDDED = OPTRecipe(
 )
 
 # For tests: the same pipeline in seconds, still 12 layers so layer-pruning code has something to cut.
-MICRO = OPTRecipe(
+MICRO = replace(
+    EMBEDDED,
     vocab_size=512,
     hidden_size=32,
-    num_layers=12,
     num_heads=2,
     ffn_dim=64,
     context_length=64,
@@ -119,17 +119,9 @@ MICRO = OPTRecipe(
     train_tokens=200 * 8 * 64,
     peak_lr=5e-3,
     warmup_steps=30,
-    min_lr_ratio=0.1,
-    weight_decay=0.1,
-    adam_beta1=0.9,
-    adam_beta2=0.95,
-    grad_clip=1.0,
-    dropout=0.0,
     compute_dtype="float32",
     eval_every=50,
     patience=3,
-    save_dtype="float16",
-    seed=0,
 )
 
 
