@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from tests.latex import assert_compilable
 
 REPO = Path(__file__).resolve().parent.parent
 INTEGRATION = REPO / "tests" / "integration"
+GOLDEN = REPO / "tests" / "fixtures" / "golden" / "micro_dag"
 
 
 def snakemake(*args: str, cwd: Path = REPO, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -65,6 +67,8 @@ def test_bad_config_is_one_clear_line(override, message):
     ("models: {m: {source: 'embedded:bert'}}", "config key models.m.source: embedded model 'bert' is unknown"),
     ("variants: {kdp: {method: kdp, fit: {rff_dimm: 512}, label: Ours}}",
      "variants.kdp.fit.rff_dimm: unknown key of 'fit' for method 'kdp'; allowed: cos_weight_max_exponent"),
+    ("variants: {slicegpt_rft: {method: slicegpt, finetune: true, recovery: {lr: '2e-4'}, label: x}}",
+     "variants.slicegpt_rft.recovery.lr: '2e-4' is not allowed; allowed: a number"),
 ])
 def test_bad_config_file_is_one_clear_line(tmp_path, yaml_text, message):
     # A --configfile replaces the embedded config whole, so the bad file is the embedded one with one bad entry.
@@ -79,13 +83,20 @@ def test_bad_config_file_is_one_clear_line(tmp_path, yaml_text, message):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.slow
-def test_micro_dag_runs_end_to_end(tmp_path):
-    workdir = tmp_path / "micro"
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory) -> Path:
+    """The micro DAG of tests/integration, run to the end once for this module."""
+    workdir = tmp_path_factory.mktemp("micro")
     shutil.copytree(INTEGRATION / "config", workdir / "config")
     result = snakemake("--cores", "2", "--directory", str(workdir), f"--configfile={workdir / 'config' / 'config.yaml'}",
                        timeout=1500)
     assert result.returncode == 0, result.stderr[-4000:]
+    return workdir
+
+
+@pytest.mark.slow
+def test_micro_dag_runs_end_to_end(micro_run):
+    workdir = micro_run
     table1 = pd.read_csv(workdir / "results" / "table1.csv", comment="#")
     rows = table1[table1["kind"] == "summary"]
     assert set(rows["variant"]) == {"dense", "wo_kernel", "kdp", "kdp_peft"}
@@ -118,3 +129,32 @@ def test_micro_dag_runs_end_to_end(tmp_path):
     configured = yaml.safe_load((workdir / "config" / "config.yaml").read_text())["tables"]
     for name in [*configured, "audit"]:
         assert_compilable((workdir / "results" / f"{name}.tex").read_text())
+
+
+# Tables whose cells are measured wall-clock times, which no two runs share.
+TIMED_TABLES = {"table10"}
+# Provenance lines that name the checkout and the installed packages rather than the computation.
+VOLATILE_LINES = ("# git_commit:", "% git_commit:", "# packages:", "% packages:")
+
+
+def _rendered(path: Path) -> str:
+    return "".join(line for line in path.read_text().splitlines(keepends=True) if not line.startswith(VOLATILE_LINES))
+
+
+@pytest.mark.slow
+def test_micro_dag_tables_are_byte_identical_to_the_golden_files(micro_run):
+    """A pure speed or design change leaves every rendered table as it was (issues 18 and 19). The golden files are
+    the micro DAG's tables on this CPU wheel, less the commit and package lines; a change that is meant to move a
+    number regenerates them with ``KDP_UPDATE_GOLDEN=1 python -m pytest tests/test_workflow.py -k golden`` and
+    says why in its commit."""
+    produced = sorted(p for p in (micro_run / "results").glob("*.*") if p.suffix in (".csv", ".tex")
+                      and p.stem not in TIMED_TABLES)
+    assert {p.stem for p in produced} >= {"table1", "table2", "table3", "table12", "audit"}
+    if os.environ.get("KDP_UPDATE_GOLDEN") == "1":
+        shutil.rmtree(GOLDEN, ignore_errors=True)
+        GOLDEN.mkdir(parents=True)
+        for path in produced:
+            (GOLDEN / path.name).write_text(_rendered(path))
+    assert sorted(p.name for p in GOLDEN.iterdir()) == [p.name for p in produced]
+    differing = [p.name for p in produced if _rendered(p) != (GOLDEN / p.name).read_text()]
+    assert not differing, f"rendered differently from tests/fixtures/golden/micro_dag: {differing}"
