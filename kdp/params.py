@@ -13,7 +13,6 @@ methods' own code do not change. Nothing here imports torch.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import types
 import typing
@@ -76,7 +75,7 @@ def describe(annotation: Any) -> str:
     if origin in (list, tuple):
         return f"a list of ({describe(args[0])})"
     if dataclasses.is_dataclass(base) or base is dict:
-        keys = sorted({*(f.name for f in dataclasses.fields(base))} if base is not dict else set()) + sorted(extra or {})
+        keys = sorted(_record_types(base, extra or {}))
         return "a mapping" + (f" of {', '.join(keys)}" if keys else "")
     return _NAMES.get(base, getattr(base, "__name__", str(base)))
 
@@ -100,10 +99,15 @@ def _is_record(base: Any, extra: Mapping[str, Any] | None) -> bool:
     return dataclasses.is_dataclass(base) or (base is dict and extra is not None)
 
 
+def _record_types(base: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Key -> type of the keys a record accepts: a dataclass's fields, then ``Keys``' extra ones."""
+    return {**(field_types(base) if dataclasses.is_dataclass(base) else {}), **extra}
+
+
 def _check_mapping(value: Any, base: Any, extra: Mapping[str, Any], where: str, owner: str) -> None:
     if not isinstance(value, dict):
         raise bad_value(where, value, describe(base))
-    allowed = {**(field_types(base) if dataclasses.is_dataclass(base) else {}), **extra}
+    allowed = _record_types(base, extra)
     name = where.rsplit(".", 1)[-1]
     for key, item in value.items():
         if key not in allowed:
@@ -146,4 +150,4 @@ def _inferred(value: Any) -> Any:
         return Annotated[dict, Keys(inferred_types(value))] if value else dict
     if isinstance(value, (list, tuple)):
         return list[Any]
-    return type(copy.copy(value))
+    return type(value)
