@@ -120,6 +120,8 @@ def _embedded_suite() -> dict[str, Benchmark]:
         # Chosen by resources/benchmarks/scan_bigbench.py: SmolLM2-135M above chance, the largest pools (docs/benchmarks.md)
         _bigbench("bbq_lite_json_race_ethnicity_disambig", "BBQ",
                   "BBQ race/ethnicity questions whose context states the answer, 3 choices"),
+        _bigbench("bbq_lite_json_gender_identity_disambig", "BBQ-G",
+                  "BBQ gender-identity questions whose context states the answer, 3 choices"),
         _bigbench("elementary_math_qa_question_with_mathematical_hint", "Math",
                   "MathQA word problems with the formula as a hint, 4-7 choices"),
         Benchmark(

@@ -71,6 +71,14 @@ def check_permissive(path: str, source: Source) -> None:
                             f"{', '.join(PERMISSIVE)} (kdp-bench vendors only permissively licensed data)")
 
 
+# Every bbq_lite_json subset is built from the same BBQ templates, by the same authors, under the same terms.
+BBQ_DISAMBIGUATED = Source(
+    "Alicia Parrish, Angelica Chen, Nikita Nangia and co-authors (per the source data set)",
+    "templates of BBQ, the Bias Benchmark for QA (Parrish et al., Findings of ACL 2022), disambiguated "
+    "contexts: the context states the answer",
+    {"BBQ": "CC-BY-4.0"},
+)
+
 # The sdist ships no task READMEs; each entry follows the task's README in the BIG-bench GitHub repository (linked
 # in NOTICE.md). Keys are BIG-bench paths: a task, or task/subtask.
 PROVENANCE = {
@@ -89,12 +97,9 @@ PROVENANCE = {
     # Chosen by scan_bigbench.py (docs/benchmarks.md): SmolLM2-135M above chance, the most items. The task READMEs
     # could not be read where these were vendored (no network); authors and licences below are those of the source
     # data sets as their authors published them, to be re-checked against the READMEs.
-    "bbq_lite_json/race_ethnicity_disambig": Source(
-        "Alicia Parrish, Angelica Chen, Nikita Nangia and co-authors (per the source data set)",
-        "templates of BBQ, the Bias Benchmark for QA (Parrish et al., Findings of ACL 2022), disambiguated "
-        "contexts: the context states the answer",
-        {"BBQ": "CC-BY-4.0"},
-    ),
+    "bbq_lite_json/race_ethnicity_disambig": BBQ_DISAMBIGUATED,
+    # Replaces general_knowledge (70 items) in the default list: its pool is too small for a +-2 point Avg (issue 14).
+    "bbq_lite_json/gender_identity_disambig": BBQ_DISAMBIGUATED,
     "elementary_math_qa/question_with_mathematical_hint": Source(
         "not read (the task README is not in the sdist)",
         "word problems of MathQA (Amini et al., NAACL 2019), with the problem's formula as a hint",
