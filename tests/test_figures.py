@@ -88,8 +88,9 @@ def write_evals(tmp_path: Path, config: dict, name: str, values) -> list[str]:
 
 
 def test_ratio_sweep_figure_from_the_embedded_config(embedded, tmp_path):
-    inputs = write_evals(tmp_path, embedded, "figure6", lambda v, r: {"bb_general_knowledge": 50 - 40 * r,
-                                                                      "kjv_perplexity": 30 * (1 + 5 * r)})
+    inputs = write_evals(tmp_path, embedded, "figure6",
+                         lambda v, r: {"bb_bbq_lite_json_gender_identity_disambig": 50 - 40 * r,
+                                       "kjv_perplexity": 30 * (1 + 5 * r)})
     assert len(inputs) == 13 and inputs[0].endswith("results/eval/opt-kjv/dense.json")
     draw_figure(embedded, "figure6", inputs, str(tmp_path / "f6.png"), str(tmp_path / "f6.pdf"))
     assert_png_pdf(tmp_path / "f6.png", tmp_path / "f6.pdf")
@@ -100,7 +101,7 @@ def test_kernel_size_figure_reads_resolved_rff_dim(embedded, tmp_path):
         128, 256, 512, 1024]
     assert rff_dim(embedded, "kdp", "opt-kjv") == 512  # the model override wins over the default
     inputs = write_evals(tmp_path, embedded, "figure8", lambda v, r: {
-        "bb_general_knowledge": 40.0, "kjv_cloze": 30.0 + len(v), "kjv_next_verse": 25.0})
+        "bb_bbq_lite_json_gender_identity_disambig": 40.0, "kjv_cloze": 30.0 + len(v), "kjv_next_verse": 25.0})
     draw_figure(embedded, "figure8", inputs, str(tmp_path / "f8.png"), str(tmp_path / "f8.pdf"))
     assert_png_pdf(tmp_path / "f8.png", tmp_path / "f8.pdf")
 

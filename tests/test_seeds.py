@@ -27,6 +27,7 @@ from tests.synthetic import random_calibration
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m"
+BBQ_G = "bb_bbq_lite_json_gender_identity_disambig"  # a multiple-choice benchmark of the embedded list
 
 
 @pytest.fixture(scope="module")
@@ -126,15 +127,15 @@ def test_a_seeded_cell_is_the_mean_with_its_spread_and_a_deterministic_row_one_s
     config = copy.deepcopy(two_seeds)
     config["tables"] = {"table99": {"kind": "classification", "title": "t", "models": [MODEL],
                                     "variants": ["dense", "shortgpt", "kdp"],
-                                    "benchmarks": ["bb_general_knowledge", "kjv_cloze"]}}
+                                    "benchmarks": [BBQ_G, "kjv_cloze"]}}
     config = validate(config)
-    evals = [_evaluation("dense", 0, {"bb_general_knowledge": 60.0, "kjv_cloze": 40.0}, 0.0),
-             _evaluation("shortgpt", 0, {"bb_general_knowledge": 40.0, "kjv_cloze": 20.0}),
-             _evaluation("kdp", 0, {"bb_general_knowledge": 50.0, "kjv_cloze": 34.0}),
-             _evaluation("kdp", 1, {"bb_general_knowledge": 30.0, "kjv_cloze": 30.0})]
+    evals = [_evaluation("dense", 0, {BBQ_G: 60.0, "kjv_cloze": 40.0}, 0.0),
+             _evaluation("shortgpt", 0, {BBQ_G: 40.0, "kjv_cloze": 20.0}),
+             _evaluation("kdp", 0, {BBQ_G: 50.0, "kjv_cloze": 34.0}),
+             _evaluation("kdp", 1, {BBQ_G: 30.0, "kjv_cloze": 30.0})]
     csv_text, tex = table_kinds.render(config, "table99", {"evals": evals})
     table = pd.read_csv(io.StringIO(csv_text), comment="#").set_index(["variant", "benchmark"])
-    cell = table.loc[("kdp", "bb_general_knowledge")]
+    cell = table.loc[("kdp", BBQ_G)]
     assert cell["value"] == pytest.approx(40.0) and cell["seeds"] == 2
     assert cell["seed_sd"] == pytest.approx(np.std([50.0, 30.0], ddof=1), rel=1e-5)  # CSV: 6 significant digits
     assert (cell["seed_min"], cell["seed_max"]) == (30, 50)

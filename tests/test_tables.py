@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from kdp import flops, statistics, table_kinds
 from kdp.adapters import adapter_for
@@ -24,6 +23,7 @@ from tests.latex import assert_compilable
 REPO = Path(__file__).resolve().parent.parent
 CLAIMS = REPO / "resources" / "claims"
 MODEL = "smollm2-135m"
+BBQ_G = "bb_bbq_lite_json_gender_identity_disambig"  # a multiple-choice benchmark of the embedded list
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +64,14 @@ def cells(table: pd.DataFrame, **where) -> pd.Series:
 # -- score tables (3, 4, 9, 11) ----------------------------------------------------------------------------------
 def test_table11_average_rp_on_dense_and_on_the_standard_fit(embedded):
     config = with_table(embedded, kind="classification", models=[MODEL], variants=["dense", "kdp", "kdp_fewer"],
-                        reference="kdp", benchmarks=["bb_general_knowledge", "kjv_cloze"])
-    evals = [evaluation("dense", {"bb_general_knowledge": 60.0, "kjv_cloze": 40.0, "kjv_next_verse": 99.0}, 0.0),
-             evaluation("kdp", {"bb_general_knowledge": 50.0, "kjv_cloze": 30.0}),
-             evaluation("kdp_fewer", {"bb_general_knowledge": 44.0, "kjv_cloze": 28.0})]
+                        reference="kdp", benchmarks=[BBQ_G, "kjv_cloze"])
+    evals = [evaluation("dense", {BBQ_G: 60.0, "kjv_cloze": 40.0, "kjv_next_verse": 99.0}, 0.0),
+             evaluation("kdp", {BBQ_G: 50.0, "kjv_cloze": 30.0}),
+             evaluation("kdp_fewer", {BBQ_G: 44.0, "kjv_cloze": 28.0})]
     csv_text, tex = table_kinds.render(config, "table99", {"evals": evals})
     assert_compilable(tex)
     table = frame(csv_text)
-    assert set(table.loc[table["kind"] != "summary", "benchmark"]) == {"bb_general_knowledge", "kjv_cloze"}
+    assert set(table.loc[table["kind"] != "summary", "benchmark"]) == {BBQ_G, "kjv_cloze"}
     assert cells(table, variant="dense", benchmark="Avg").item() == pytest.approx(50.0)
     assert cells(table, variant="kdp", benchmark="RP").item() == pytest.approx(80.0)
     assert cells(table, variant="kdp_fewer", benchmark="RP").item() == pytest.approx(72.0)
@@ -130,7 +130,7 @@ def paired_rows():
     """Dense near 60%; w/o Kernel, SLEB and ShortGPT keep part of what dense gets right (ShortGPT most); KDP is
     dense with three items lost; KDP+PEFT answers exactly as ShortGPT does."""
     rng = np.random.default_rng(7)
-    dense = {b: rng.random(N_ITEMS) < 0.6 for b in ("bb_general_knowledge", "kjv_cloze")}
+    dense = {b: rng.random(N_ITEMS) < 0.6 for b in (BBQ_G, "kjv_cloze")}
     kept = {name: {b: d & (rng.random(N_ITEMS) < share) for b, d in dense.items()}
             for name, share in (("wo_kernel", 0.6), ("sleb", 0.7), ("shortgpt", 0.8))}
     kdp = {b: d.copy() for b, d in dense.items()}
@@ -140,7 +140,7 @@ def paired_rows():
 
 def test_every_cell_avg_and_rp_gets_a_paired_interval(embedded, paired_rows):
     config = with_table(embedded, kind="classification", models=[MODEL], variants=list(paired_rows),
-                        benchmarks=["bb_general_knowledge", "kjv_cloze"])
+                        benchmarks=[BBQ_G, "kjv_cloze"])
     evals = [itemized(v, correct, 0.0 if v == "dense" else 0.25) for v, correct in paired_rows.items()]
     csv_text, tex = table_kinds.render(config, "table99", {"evals": evals})
     assert_compilable(tex)
@@ -160,7 +160,7 @@ def test_every_cell_avg_and_rp_gets_a_paired_interval(embedded, paired_rows):
 
 def test_rows_are_tested_against_w_o_kernel_and_the_best_baseline_with_holm(embedded, paired_rows):
     config = with_table(embedded, kind="classification", models=[MODEL], variants=list(paired_rows),
-                        benchmarks=["bb_general_knowledge", "kjv_cloze"])
+                        benchmarks=[BBQ_G, "kjv_cloze"])
     evals = [itemized(v, correct, 0.0 if v == "dense" else 0.25) for v, correct in paired_rows.items()]
     csv_text, tex = table_kinds.render(config, "table99", {"evals": evals})
     tests = frame(csv_text).query("kind == 'paired_difference'").set_index(["benchmark", "variant"])
