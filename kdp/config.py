@@ -31,6 +31,23 @@ def load(path: str | Path) -> dict[str, Any]:
     return validate(config or {})
 
 
+def typed_as_in_a_file(values: Any) -> Any:
+    """``--config`` values typed as the same text in a config file would be. Snakemake reads them with YAML's base
+    loader, which leaves every nested scalar a string (``seeds=[0,1]`` gives ``['0', '1']``, ``null`` gives
+    ``'null'``); a scalar string is read again with the safe loader a config file goes through."""
+    if isinstance(values, dict):
+        return {key: typed_as_in_a_file(value) for key, value in values.items()}
+    if isinstance(values, list):
+        return [typed_as_in_a_file(value) for value in values]
+    if not isinstance(values, str):
+        return values
+    try:
+        typed = yaml.safe_load(values)
+    except yaml.YAMLError:
+        return values
+    return values if isinstance(typed, (dict, list)) else typed
+
+
 def validate(config: dict[str, Any]) -> dict[str, Any]:
     """Return a copy with schema defaults filled in; raise `UserError` on the first problem, every variant's
     hyperparameters on every model included (by resolving the experiment, `kdp.experiment`)."""

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from kdp import steps, table_kinds
 from kdp.adapters import adapter_for
 from kdp.capture import HiddenStates, capture
-from kdp.config import load, validate
+from kdp.config import load, typed_as_in_a_file, validate
 from kdp.errors import UserError
 from kdp.methods.kdp import FOLD_WEIGHTS
 from kdp.experiment import Experiment, resolve_run, variant_runs
@@ -164,3 +164,14 @@ def test_bad_seeds_are_one_line(two_seeds, seeds, message):
     with pytest.raises(UserError) as caught:
         validate({**two_seeds, "seeds": seeds})
     assert str(caught.value) == message
+
+
+def test_command_line_values_are_typed_as_a_config_file_types_them():
+    given = {"seeds": ["0", "2"], "evaluation": {"items_per_task": "null", "batch_size": "8"},
+             "audit": {"claims": "resources/claims_shortgpt"}, "models": {"m": {"source": "embedded:smollm2-135m"}},
+             "methods": {"slicegpt": {"recovery": {"lr": "2e-4"}}}, "seed": 3}
+    assert typed_as_in_a_file(given) == {
+        "seeds": [0, 2], "evaluation": {"items_per_task": None, "batch_size": 8},
+        "audit": {"claims": "resources/claims_shortgpt"}, "models": {"m": {"source": "embedded:smollm2-135m"}},
+        "methods": {"slicegpt": {"recovery": {"lr": "2e-4"}}},  # YAML 1.1 reads 2e-4 as text in a file too
+        "seed": 3}

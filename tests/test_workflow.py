@@ -50,6 +50,14 @@ def test_dry_run_plans_a_stochastic_variant_per_seed_and_a_deterministic_one_onc
         assert f"results/eval/{model}/shortgpt.json" in out and "shortgpt~s" not in out
 
 
+def test_values_given_with_config_are_typed_as_in_a_config_file():
+    # Snakemake alone reads `seeds=[0,2]` as ['0', '2'], which the schema refuses.
+    result = snakemake("-n", "results/table1.tex", "--config", "seeds=[0,2]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    assert "results/eval/opt-kjv/kdp~s2.json" in out and "kdp~s1" not in out
+
+
 @pytest.mark.parametrize("override,message", [
     ("target_ratio=1.5", "config key target_ratio: 1.5 is out of range; allowed: > 0 and < 1"),
     ("target_ratio=0", "config key target_ratio: 0 is out of range"),

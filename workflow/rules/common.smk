@@ -2,8 +2,9 @@
 import os
 import sys
 
-from snakemake.utils import validate
+from snakemake.utils import update_config, validate
 
+from kdp.config import typed_as_in_a_file
 from kdp.errors import UserError
 from kdp.experiment import Experiment, run_name
 from kdp.figures import FIT_KINDS, figure_inputs, fit_variant
@@ -15,6 +16,9 @@ from kdp.prefetch import (
     calibration_set_sources,
     hub_models,
 )
+
+# `--config seeds=[0,1]` means what `seeds: [0, 1]` means in a config file (Snakemake alone would give ['0', '1']).
+update_config(config, typed_as_in_a_file(workflow.config_settings.overwrite_config))
 
 try:
     # The experiment, resolved once: every run of every variant on every model with its method, hyperparameters,
