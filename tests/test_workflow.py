@@ -139,6 +139,8 @@ def test_micro_dag_runs_end_to_end(micro_run):
         assert_compilable((workdir / "results" / f"{name}.tex").read_text())
 
 
+# Where the golden files were rendered (`_machine`): byte identity holds only on the same CPU and packages.
+MACHINE = "MACHINE.txt"
 # Tables whose cells are measured wall-clock times, which no two runs share.
 TIMED_TABLES = {"table10"}
 # Provenance lines that name the checkout and the installed packages rather than the computation.
@@ -147,6 +149,21 @@ VOLATILE_LINES = ("# git_commit:", "% git_commit:", "# packages:", "% packages:"
 
 def _rendered(path: Path) -> str:
     return "".join(line for line in path.read_text().splitlines(keepends=True) if not line.startswith(VOLATILE_LINES))
+
+
+def _machine() -> str:
+    """What the golden files' floats depend on besides the code: the packages and the CPU's instruction set (the
+    micro models are trained, so a different kernel's rounding moves their tables)."""
+    import hashlib
+
+    import torch
+
+    from kdp.provenance import package_versions
+
+    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    versions = {name: version for name, version in package_versions().items() if name != "kdp-bench"}
+    return (f"packages: {json.dumps(versions, sort_keys=True)}\ncpu capability: {torch.backends.cpu.get_cpu_capability()}"
+            f"\ncpu flags sha256: {hashlib.sha256(flags.encode()).hexdigest()[:16]}\n")
 
 
 @pytest.mark.slow
@@ -163,6 +180,12 @@ def test_micro_dag_tables_are_byte_identical_to_the_golden_files(micro_run):
         GOLDEN.mkdir(parents=True)
         for path in produced:
             (GOLDEN / path.name).write_text(_rendered(path))
-    assert sorted(p.name for p in GOLDEN.iterdir()) == [p.name for p in produced]
+        (GOLDEN / MACHINE).write_text(_machine())
+    assert sorted(p.name for p in GOLDEN.iterdir() if p.name != MACHINE) == [p.name for p in produced]
     differing = [p.name for p in produced if _rendered(p) != (GOLDEN / p.name).read_text()]
-    assert not differing, f"rendered differently from tests/fixtures/golden/micro_dag: {differing}"
+    recorded = (GOLDEN / MACHINE).read_text()
+    elsewhere = "" if recorded == _machine() else (
+        f"; the golden files were rendered on another machine or package set ({recorded!r}, here {_machine()!r}): "
+        "regenerate them at the base commit here, then compare the change")
+    assert not differing, f"rendered differently from tests/fixtures/golden/micro_dag: {differing}{elsewhere}"
+
