@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -183,9 +184,9 @@ def test_micro_dag_tables_are_byte_identical_to_the_golden_files(micro_run):
         (GOLDEN / MACHINE).write_text(_machine())
     assert sorted(p.name for p in GOLDEN.iterdir() if p.name != MACHINE) == [p.name for p in produced]
     differing = [p.name for p in produced if _rendered(p) != (GOLDEN / p.name).read_text()]
-    recorded = (GOLDEN / MACHINE).read_text()
-    elsewhere = "" if recorded == _machine() else (
-        f"; the golden files were rendered on another machine or package set ({recorded!r}, here {_machine()!r}): "
+    recorded, here = (GOLDEN / MACHINE).read_text(), _machine()
+    elsewhere = "" if recorded == here else (
+        f"; the golden files were rendered on another machine or package set ({recorded!r}, here {here!r}): "
         "regenerate them at the base commit here, then compare the change")
     assert not differing, f"rendered differently from tests/fixtures/golden/micro_dag: {differing}{elsewhere}"
 
@@ -193,11 +194,11 @@ def test_micro_dag_tables_are_byte_identical_to_the_golden_files(micro_run):
 def _rows_by_variant(path: Path) -> dict[str, list[str]]:
     """The table's raw CSV lines (less provenance comments and paired tests), by variant, byte for byte."""
     lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
-    header = lines[0].split(",")
+    header = next(csv.reader([lines[0]]))
     variant, kind = header.index("variant"), header.index("kind")
     rows: dict[str, list[str]] = {}
     for line in lines[1:]:
-        fields = line.split(",")
+        fields = next(csv.reader([line]))  # labels may be quoted
         if fields[kind] != "paired_difference":
             rows.setdefault(fields[variant], []).append(line)
     return rows
